@@ -1,0 +1,179 @@
+"""Small fixed-field records that flow through the pipeline.
+
+Box convention everywhere: ``(N, 4)`` float32, absolute pixels, ``x1, y1, x2, y2``.
+Labels: foreground classes are ``1..K``; ``BACKGROUND`` (0) is defined here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BACKGROUND = 0
+
+
+class DetectorError(Exception):
+    """A user-facing failure: its message is one sentence naming the file, field or option."""
+
+
+def _as_boxes(boxes, name: str) -> np.ndarray:
+    array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite")
+    return array
+
+
+@dataclass
+class ImageRecord:
+    """One annotated image as every dataset reader yields it.
+
+    boxes: (M, 4) float32 pixel xyxy; labels: (M,) int64 in 1..K;
+    ignore: (G, 4) float32 pixel xyxy regions that are neither positive nor negative
+    (KITTI DontCare, COCO iscrowd). An image with M == 0 is a negative, not an error.
+    """
+
+    image_path: Path
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    image_id: int
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+
+    def __post_init__(self) -> None:
+        self.image_path = Path(self.image_path)
+        self.boxes = _as_boxes(self.boxes, "boxes")
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.ignore = _as_boxes(self.ignore, "ignore")
+        if len(self.labels) != len(self.boxes):
+            raise ValueError(f"{self.image_path}: {len(self.boxes)} boxes but {len(self.labels)} labels")
+        if len(self.labels) and self.labels.min() <= BACKGROUND:
+            raise ValueError(f"{self.image_path}: labels must be foreground classes 1..K")
+
+
+@dataclass
+class DatasetReport:
+    """What a reader changed or dropped while loading, so `data stats` and warnings can say so."""
+
+    clipped_boxes: int = 0  # boxes partly outside the image, clipped to it
+    degenerate_boxes: int = 0  # boxes with zero width or height after clipping, dropped
+    dropped_labels: int = 0  # objects whose class is not selected by the config
+    images_with_dropped_labels: int = 0
+    images_without_labels: int = 0  # kept as negatives
+    labels_without_image: list[str] = field(default_factory=list)
+    converted_images: int = 0  # grayscale / RGBA / 16-bit images converted to 8-bit RGB
+
+    def warnings(self) -> list[str]:
+        lines = []
+        if self.clipped_boxes:
+            lines.append(f"{self.clipped_boxes} boxes extended outside their image and were clipped")
+        if self.degenerate_boxes:
+            lines.append(f"{self.degenerate_boxes} degenerate boxes (zero width or height) were dropped")
+        if self.labels_without_image:
+            lines.append(
+                f"{len(self.labels_without_image)} label files have no image and were skipped "
+                f"(first: {self.labels_without_image[0]})"
+            )
+        return lines
+
+
+@dataclass
+class Dataset:
+    """A whole dataset: class names (index i is label i + 1) and per-image records."""
+
+    class_names: list[str]
+    records: list[ImageRecord]
+    report: DatasetReport = field(default_factory=DatasetReport)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of foreground classes K (background excluded)."""
+        return len(self.class_names)
+
+
+@dataclass
+class Targets:
+    """Ground truth for one image, in the coordinates of the (transformed) input tensor.
+
+    boxes: (M, 4) float32 xyxy; labels: (M,) int64 in 1..K; ignore: (G, 4) float32 xyxy;
+    image_size: (height, width) of the image before padding.
+    """
+
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    image_size: tuple[int, int]
+    ignore: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 4)))
+
+    def __post_init__(self) -> None:
+        self.boxes = torch.as_tensor(self.boxes, dtype=torch.float32).reshape(-1, 4)
+        self.labels = torch.as_tensor(self.labels, dtype=torch.int64).reshape(-1)
+        self.ignore = torch.as_tensor(self.ignore, dtype=torch.float32).reshape(-1, 4)
+        if len(self.boxes) != len(self.labels):
+            raise ValueError(f"Targets: {len(self.boxes)} boxes but {len(self.labels)} labels")
+
+    def to(self, device: torch.device | str) -> "Targets":
+        return Targets(self.boxes.to(device), self.labels.to(device), self.image_size, self.ignore.to(device))
+
+
+@dataclass
+class Detections:
+    """Detections for one image, in original image pixels.
+
+    boxes: (D, 4) float32 xyxy; scores: (D,) float32 in [0, 1]; labels: (D,) int64 in 1..K;
+    class_names: the names of all K classes (label l is class_names[l - 1]).
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def names(self) -> list[str]:
+        """Class name of every detection."""
+        return [self.class_names[int(label) - 1] if self.class_names else str(int(label)) for label in self.labels]
+
+    def to(self, device: torch.device | str) -> "Detections":
+        return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device), self.class_names)
+
+    def filter(self, keep: torch.Tensor) -> "Detections":
+        """Keep the detections selected by a boolean mask or index tensor."""
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], self.class_names)
+
+    def to_list(self) -> list[dict]:
+        """JSON-ready list: one dict per detection with box (xyxy), score, label and class name."""
+        return [
+            {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4), "label": int(label), "class": name}
+            for box, score, label, name in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(), self.names)
+        ]
+
+
+@dataclass
+class ImageBatch:
+    """A batch as the model sees it.
+
+    images: (N, 3, H, W) float32, normalized and zero-padded to a stride multiple;
+    image_sizes: per image (height, width) before padding (the transformed image);
+    original_sizes: per image (height, width) of the source image, for mapping detections back;
+    image_ids: dataset image ids; proposals: optional per-image (P_i, 4) xyxy boxes in input
+    coordinates (precomputed proposals read from a file and transformed with the image).
+    """
+
+    images: torch.Tensor
+    image_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+    image_ids: list[int] = field(default_factory=list)
+    proposals: list[torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.image_sizes)
+
+    def to(self, device: torch.device | str) -> "ImageBatch":
+        proposals = None if self.proposals is None else [p.to(device) for p in self.proposals]
+        return ImageBatch(self.images.to(device), self.image_sizes, self.original_sizes, self.image_ids, proposals)
