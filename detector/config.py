@@ -1,0 +1,306 @@
+"""Configuration: nested dataclasses whose defaults are documented here, in code.
+
+``configs/*.yaml`` files override the defaults; ``section.key=value`` arguments override the file.
+An unknown key fails with a did-you-mean suggestion, a wrong type fails naming the key and the
+expected type, and the resolved config is written next to every run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detector.structures import DetectorError
+
+
+@dataclass
+class ModelConfig:
+    """The detector: backbone -> proposals -> ROI pooling -> box head."""
+
+    # Foreground class names; num_classes (K) is their count. Label l is class_names[l - 1]; 0 is background.
+    class_names: list[str] = field(default_factory=lambda: ["car"])
+    # efficientnet_lite0 (offline ImageNet weights) | resnet18 | resnet34 | resnet50 | mobilenet_v3_large | vgg16
+    backbone: str = "efficientnet_lite0"
+    # none | imagenet | /path/to/state_dict.pth
+    weights: str = "imagenet"
+    # Stages frozen from the input side (0 = train everything, 1 = freeze the stem, ...).
+    freeze_stages: int = 1
+    # Replace BatchNorm by FrozenBatchNorm2d: batches of a few images give noisy batch statistics.
+    frozen_bn: bool = True
+    # False: one feature map at stride 16 (original Fast R-CNN). True: FPN over strides 8/16/32.
+    fpn: bool = False
+    fpn_channels: int = 128
+    # Region proposals: rpn | selective_search | file
+    proposals: str = "rpn"
+    # JSON file of precomputed proposals keyed by image file name (proposals: file).
+    proposals_file: str = ""
+    # Selective search: fast | quality; proposals kept per image.
+    selective_search_mode: str = "fast"
+    selective_search_max: int = 2000
+    # RPN anchors: sizes in input pixels (one per level with FPN) and height/width ratios.
+    anchor_sizes: list[float] = field(default_factory=lambda: [32.0, 64.0, 128.0, 256.0])
+    anchor_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    rpn_fg_iou: float = 0.7  # anchors at or above this IoU with a box are positives
+    rpn_bg_iou: float = 0.3  # anchors below this IoU with every box are negatives
+    rpn_batch_per_image: int = 256  # anchors sampled per image for the RPN loss
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_top_n_train: int = 2000  # per level, before NMS
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 1000  # per image, after NMS
+    rpn_post_nms_top_n_test: int = 300
+    rpn_nms_thresh: float = 0.7
+    # ROI pooling: partition (the lecture's) | torchvision (torchvision.ops.roi_pool) | align (RoIAlign)
+    roi_pool_mode: str = "partition"
+    # Output grid (rows, cols): [2, 3] is the lecture's 3x2 grid, [7, 7] the classic Fast R-CNN grid.
+    roi_output_size: list[int] = field(default_factory=lambda: [7, 7])
+    roi_sampling_ratio: int = 2  # RoIAlign samples per bin side (align mode only)
+    # Box head: fc (flatten -> two fully connected layers) | conv (a small conv head then one fc)
+    head: str = "fc"
+    head_dim: int = 512  # width of the fully connected layers
+    roi_batch_per_image: int = 256  # proposals sampled per image for the box-head loss
+    roi_positive_fraction: float = 0.25
+    roi_fg_iou: float = 0.5  # proposals at or above this IoU with a box are foreground, the rest background
+    box_loss: str = "smooth_l1"  # smooth_l1 | giou
+    # Postprocess: score threshold, per-class NMS IoU and detections kept per image.
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+
+
+@dataclass
+class DataConfig:
+    """Where the images and labels are and how they are read."""
+
+    # coco | voc | yolo | kitti | synthetic (rendered road scenes, nothing to download)
+    format: str = "synthetic"
+    # Dataset folder (or COCO json). For synthetic: where the scenes are rendered.
+    train_path: str = "runs/synthetic/train"
+    # Validation dataset; empty = the same folder as train_path, split by val_filter.
+    val_path: str = "runs/synthetic/val"
+    # Regular expressions on image file names: images matching val_filter form the validation split
+    # (a contiguous block, never a random split), the rest train; empty = use val_path.
+    val_filter: str = ""
+    train_filter: str = ""  # optional: only train on images matching this
+    # Map source class names to output names (e.g. {Car: car, Van: car}); unlisted names map to themselves.
+    class_map: dict[str, str] = field(default_factory=dict)
+    # Source class names that become ignore regions (neither positive nor negative).
+    ignore_classes: list[str] = field(default_factory=lambda: ["DontCare"])
+    names_file: str = ""  # YOLO: class names file or data YAML
+    # Longest image side fed to the model (images are resized keeping their aspect ratio).
+    max_size: int = 320
+    # Synthetic data only: images rendered for train and val, and their size (height, width).
+    synthetic_train_images: int = 240
+    synthetic_val_images: int = 60
+    synthetic_size: list[int] = field(default_factory=lambda: [320, 320])
+    num_workers: int = 2
+
+
+@dataclass
+class AugmentConfig:
+    """Bounding-box-aware albumentations applied to training images (probabilities unless noted)."""
+
+    enabled: bool = True
+    hflip: float = 0.5
+    affine: float = 0.5  # scale / translate / rotate, the lecture's augmentations
+    scale: list[float] = field(default_factory=lambda: [0.75, 1.25])  # range of the scale factor
+    translate: float = 0.1  # maximum shift as a fraction of the image size
+    rotate: float = 5.0  # maximum rotation in degrees
+    brightness_contrast: float = 0.3
+    hue_saturation: float = 0.2
+    blur: float = 0.1
+    noise: float = 0.1
+    crop: float = 0.0  # probability of a random crop
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # crop area fraction
+    min_visibility: float = 0.3  # boxes less visible than this after crop or affine are dropped
+
+
+@dataclass
+class TrainConfig:
+    """Optimization and the run folder."""
+
+    name: str = "train"  # runs/<name>/, auto-suffixed (train-2, ...) rather than overwritten
+    output_dir: str = "runs"
+    epochs: int = 12
+    batch_size: int = 4
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine | step
+    step_milestones: list[float] = field(default_factory=lambda: [0.67, 0.89])  # fractions of training (step)
+    step_gamma: float = 0.1
+    warmup_iters: int = 100  # linear warmup from warmup_factor * lr
+    warmup_factor: float = 0.001
+    clip_grad_norm: float = 10.0  # 0 disables clipping
+    accumulate: int = 1  # gradient accumulation steps
+    amp: str = "none"  # none | bf16 | fp16 (CUDA only; fp16 uses a gradient scaler)
+    ema: bool = False  # keep an exponential moving average of the weights for evaluation
+    ema_decay: float = 0.999
+    eval_every: int = 1  # validation mAP every N epochs (0 = only at the end)
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on CPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # CPU threads for torch (0 = torch's default)
+    sync_bn: bool = False  # SyncBatchNorm under DDP (only when frozen_bn is off)
+    time_budget_min: float = 0.0  # stop training after this many minutes (0 = no limit)
+    log_every: int = 10  # iterations between metrics.jsonl rows
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation and detection outputs."""
+
+    score_thresh: float = 0.05  # detections kept for mAP (low, so the PR curve is complete)
+    confusion_score_thresh: float = 0.25
+    confusion_iou: float = 0.5
+    batch_size: int = 4
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        """Write the resolved config as YAML (loadable by `load_config`)."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _did_you_mean(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(options)}"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int -> float widening allowed)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except DetectorError:
+                continue
+        raise DetectorError(f"config key '{where}' expects {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise DetectorError(f"config key '{where}' expects a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise DetectorError(f"config key '{where}' expects a mapping, got {value!r}")
+        key_tp, value_tp = typing.get_args(tp)
+        return {_coerce(k, key_tp, where): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    elif isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise DetectorError(f"config key '{where}' expects {_type_name(tp)}, got {value!r}")
+
+
+def _apply(section: Any, values: dict[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in hints:
+            raise DetectorError(f"unknown config key '{path}'{_did_you_mean(str(key), list(hints))}")
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise DetectorError(f"config key '{path}' is a section and expects a mapping, got {value!r}")
+            _apply(getattr(section, key), value, path)
+        else:
+            setattr(section, key, _coerce(value, hints[key], path))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``'train.lr=0.01'`` -> ``{'train': {'lr': 0.01}}`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise DetectorError(f"override '{text}' must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = value
+    for part in reversed(dotted.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides."""
+    config = Config()
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise DetectorError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise DetectorError(f"config file {path} is not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise DetectorError(f"config file {path} must hold a mapping of sections (model, data, ...)")
+        _apply(config, values, "")
+    for override in overrides:
+        _apply(config, parse_override(override), "")
+    validate(config)
+    return config
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config from `Config.to_dict()` output (e.g. stored in a checkpoint)."""
+    config = Config()
+    _apply(config, values, "")
+    return config
+
+
+_CHOICES = {
+    ("model", "backbone"): ("efficientnet_lite0", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "vgg16"),
+    ("model", "proposals"): ("rpn", "selective_search", "file"),
+    ("model", "selective_search_mode"): ("fast", "quality"),
+    ("model", "roi_pool_mode"): ("partition", "torchvision", "align"),
+    ("model", "head"): ("fc", "conv"),
+    ("model", "box_loss"): ("smooth_l1", "giou"),
+    ("data", "format"): ("coco", "voc", "yolo", "kitti", "synthetic"),
+    ("train", "optimizer"): ("sgd", "adamw"),
+    ("train", "scheduler"): ("cosine", "step"),
+    ("train", "amp"): ("none", "bf16", "fp16"),
+}
+
+
+def validate(config: Config) -> None:
+    """Value checks that types alone cannot express."""
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if value not in choices:
+            raise DetectorError(f"config key '{section}.{key}' is '{value}'; expected one of {', '.join(choices)}")
+    if not config.model.class_names:
+        raise DetectorError("config key 'model.class_names' must name at least one class")
+    if len(config.model.roi_output_size) != 2 or min(config.model.roi_output_size) < 1:
+        raise DetectorError("config key 'model.roi_output_size' expects two positive integers [rows, cols]")
+    if config.model.proposals == "file" and not config.model.proposals_file:
+        raise DetectorError("config key 'model.proposals_file' must name a JSON file when model.proposals is 'file'")
+    if config.train.batch_size < 1 or config.train.accumulate < 1:
+        raise DetectorError("config keys 'train.batch_size' and 'train.accumulate' must be at least 1")

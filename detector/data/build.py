@@ -1,0 +1,66 @@
+"""Datasets from the config: read (or render) the train and validation splits.
+
+Splits are by contiguous blocks chosen with regular expressions on image file names (`data.val_filter`),
+never at random: neighbouring video frames are near-duplicates and a random split leaks them into validation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from detector.config import Config, DataConfig
+from detector.data.readers import read_dataset
+from detector.data.synthetic import write_coco_dataset
+from detector.structures import Dataset, DetectorError
+
+
+def _filter(dataset: Dataset, pattern: str, keep_matching: bool, option: str) -> Dataset:
+    try:
+        regex = re.compile(pattern)
+    except re.error as error:
+        raise DetectorError(f"config key '{option}' is not a valid regular expression ({error})") from None
+    records = [r for r in dataset.records if bool(regex.search(r.image_path.name)) == keep_matching]
+    return replace(dataset, records=records)
+
+
+def read_split(data: DataConfig, path: str, class_names: list[str] | None) -> Dataset:
+    """Read one dataset folder with the config's class selection."""
+    return read_dataset(
+        path,
+        data.format,
+        classes=class_names,
+        class_map=data.class_map or None,
+        ignore_classes=data.ignore_classes,
+        names_file=data.names_file or None,
+    )
+
+
+def render_synthetic(data: DataConfig, seed: int) -> tuple[Path, Path]:
+    """Render (once) the synthetic train and validation scenes; returns their annotation files."""
+    size = (data.synthetic_size[0], data.synthetic_size[1])
+    train = write_coco_dataset(Path(data.train_path), data.synthetic_train_images, size=size, seed=seed)
+    val = write_coco_dataset(Path(data.val_path), data.synthetic_val_images, size=size, seed=seed + 1_000_003)
+    return train, val
+
+
+def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
+    """(train, val) datasets for `config`; class names follow `model.class_names`."""
+    data, class_names = config.data, list(config.model.class_names)
+    if data.format == "synthetic":
+        train_file, val_file = render_synthetic(data, config.train.seed)
+        coco = replace(data, format="coco")
+        return read_split(coco, str(train_file), class_names), read_split(coco, str(val_file), class_names)
+    train = read_split(data, data.train_path, class_names)
+    if data.val_filter:
+        val = _filter(train, data.val_filter, True, "data.val_filter")
+        train = _filter(train, data.val_filter, False, "data.val_filter")
+    else:
+        val = read_split(data, data.val_path or data.train_path, class_names)
+    if data.train_filter:
+        train = _filter(train, data.train_filter, True, "data.train_filter")
+    for name, split in (("train", train), ("validation", val)):
+        if not split.records:
+            raise DetectorError(f"the {name} split of {data.train_path} is empty; check data.val_filter / data.train_filter")
+    return train, val

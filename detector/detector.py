@@ -1,0 +1,166 @@
+"""The skeleton: preprocess -> backbone -> proposals -> roi_pool -> box head -> postprocess.
+
+`FastRCNN.forward(images, targets)` returns a dict of stage-named losses; `FastRCNN.predict(images)`
+returns `list[Detections]` in original image coordinates. Geometry (resizing, augmentation) happens in
+the data transforms: the model only normalizes, pads to a stride multiple and rescales boxes back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detector.anchors import AnchorGenerator
+from detector.backbone import Backbone, build_backbone
+from detector.config import Config
+from detector.proposals import FileProposals, SelectiveSearchProposals
+from detector.roi_heads import ConvHead, FCHead, Predictor, RoIHeads
+from detector.roi_pool import RoIPool
+from detector.rpn import RPN, RPNHead
+from detector.structures import Detections, ImageBatch, Targets
+
+
+class FastRCNN(nn.Module):
+    """A Fast R-CNN detector whose proposals come from an RPN, selective search or a file."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        proposal_source: nn.Module,
+        roi_heads: RoIHeads,
+        class_names: list[str],
+        size_divisible: int = 32,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.proposal_source = proposal_source
+        self.roi_heads = roi_heads
+        self.class_names = list(class_names)
+        self.size_divisible = size_divisible
+        self.register_buffer("pixel_mean", torch.tensor(backbone.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(backbone.pixel_std).view(3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(
+        self,
+        images: list[torch.Tensor],
+        original_sizes: list[tuple[int, int]] | None = None,
+        proposals: list[torch.Tensor] | None = None,
+        image_ids: list[int] | None = None,
+    ) -> ImageBatch:
+        """Normalize (3, h, w) images in [0, 1] and zero-pad them into one (N, 3, H, W) batch,
+        H and W the largest sizes rounded up to a multiple of `size_divisible`."""
+        sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        height = math.ceil(max(h for h, _ in sizes) / self.size_divisible) * self.size_divisible
+        width = math.ceil(max(w for _, w in sizes) / self.size_divisible) * self.size_divisible
+        batch = torch.stack([
+            F.pad((image.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std,
+                  (0, width - w, 0, height - h))
+            for image, (h, w) in zip(images, sizes)
+        ])
+        if proposals is not None:
+            proposals = [p.to(self.device, torch.float32) for p in proposals]
+        return ImageBatch(batch, sizes, list(original_sizes or sizes), list(image_ids or []), proposals)
+
+    def forward(
+        self,
+        images: list[torch.Tensor],
+        targets: list[Targets],
+        proposals: list[torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Losses for a batch: {rpn_objectness, rpn_box (RPN only), roi_cls, roi_box}.
+
+        images: list of (3, h, w) float in [0, 1]; targets: per image, boxes in the same pixels."""
+        batch = self.preprocess(images, proposals=proposals)
+        targets = [t.to(self.device) for t in targets]
+        features = self.backbone(batch.images)
+        proposals_per_image, proposal_losses = self.proposal_source(batch, features, targets)
+        _, roi_losses = self.roi_heads(features, proposals_per_image, batch.image_sizes, targets)
+        return {**proposal_losses, **roi_losses}
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: list[torch.Tensor],
+        original_sizes: list[tuple[int, int]] | None = None,
+        proposals: list[torch.Tensor] | None = None,
+    ) -> list[Detections]:
+        """Detections per image, boxes in original image pixels ((3, h, w) inputs were resized from
+        `original_sizes`, default: not resized)."""
+        batch = self.preprocess(images, original_sizes, proposals)
+        features = self.backbone(batch.images)
+        proposals_per_image, _ = self.proposal_source(batch, features, None)
+        results, _ = self.roi_heads(features, proposals_per_image, batch.image_sizes)
+        return self.postprocess(results, batch)
+
+    def postprocess(self, results: list[dict[str, torch.Tensor]], batch: ImageBatch) -> list[Detections]:
+        """Rescale boxes from input pixels to original image pixels."""
+        detections = []
+        for result, (h, w), (orig_h, orig_w) in zip(results, batch.image_sizes, batch.original_sizes):
+            scale = torch.tensor([orig_w / w, orig_h / h, orig_w / w, orig_h / h], device=result["boxes"].device)
+            detections.append(Detections(result["boxes"] * scale, result["scores"], result["labels"], self.class_names))
+        return detections
+
+
+def build_proposal_source(config: Config, backbone: Backbone) -> nn.Module:
+    """The proposal stage chosen by `model.proposals`."""
+    model = config.model
+    if model.proposals == "selective_search":
+        return SelectiveSearchProposals(
+            mode=model.selective_search_mode, max_proposals=model.selective_search_max,
+            pixel_mean=backbone.pixel_mean, pixel_std=backbone.pixel_std,
+        )
+    if model.proposals == "file":
+        return FileProposals()
+    anchors = AnchorGenerator(tuple(model.anchor_sizes), tuple(model.anchor_ratios), backbone.strides)
+    return RPN(
+        RPNHead(backbone.out_channels, anchors.num_anchors_per_location),
+        anchors,
+        fg_iou=model.rpn_fg_iou,
+        bg_iou=model.rpn_bg_iou,
+        batch_per_image=model.rpn_batch_per_image,
+        positive_fraction=model.rpn_positive_fraction,
+        pre_nms_top_n=(model.rpn_pre_nms_top_n_train, model.rpn_pre_nms_top_n_test),
+        post_nms_top_n=(model.rpn_post_nms_top_n_train, model.rpn_post_nms_top_n_test),
+        nms_thresh=model.rpn_nms_thresh,
+    )
+
+
+def build_detector(config: Config, pretrained: bool = True) -> FastRCNN:
+    """Map the config to constructors. `pretrained=False` skips loading ImageNet weights
+    (used when a checkpoint will overwrite them anyway)."""
+    model = config.model
+    backbone = build_backbone(
+        model.backbone,
+        weights=model.weights if pretrained else "none",
+        freeze_stages=model.freeze_stages,
+        frozen_bn=model.frozen_bn,
+        fpn=model.fpn,
+        fpn_channels=model.fpn_channels,
+    )
+    output_size = (model.roi_output_size[0], model.roi_output_size[1])
+    pooler = RoIPool(output_size, [1.0 / s for s in backbone.strides], model.roi_pool_mode, model.roi_sampling_ratio)
+    head_type = ConvHead if model.head == "conv" else FCHead
+    box_head = head_type(backbone.out_channels, output_size, model.head_dim)
+    num_classes = len(model.class_names)
+    roi_heads = RoIHeads(
+        pooler,
+        box_head,
+        Predictor(box_head.out_dim, num_classes),
+        num_classes,
+        fg_iou=model.roi_fg_iou,
+        batch_per_image=model.roi_batch_per_image,
+        positive_fraction=model.roi_positive_fraction,
+        box_loss=model.box_loss,
+        score_thresh=model.score_thresh,
+        nms_thresh=model.nms_thresh,
+        detections_per_image=model.detections_per_image,
+    )
+    size_divisible = max(32, max(backbone.strides))
+    return FastRCNN(backbone, build_proposal_source(config, backbone), roi_heads, model.class_names, size_divisible)

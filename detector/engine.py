@@ -1,0 +1,314 @@
+"""Training and evaluation loops, checkpoints, resume, and clean stops.
+
+`Trainer.fit()` trains a detector from a config into `runs/<name>/`: every epoch an atomic `last.pt`,
+`best.pt` by validation AP, metrics.jsonl, TensorBoard events and curves.png. Ctrl-C / SIGTERM save a
+resumable checkpoint (mid-epoch included) and exit; `--resume` restores model, optimizer, scheduler,
+scaler, EMA, epoch, iteration and RNG states, so a resumed run gives the same weights as an
+uninterrupted one (on CPU with deterministic settings). Under `torchrun` the same code runs DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from detector import distributed as dist
+from detector.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from detector.config import Config
+from detector.data.build import build_datasets
+from detector.data.dataset import DetectionDataset, collate_samples
+from detector.data.transforms import build_transform
+from detector.detector import FastRCNN, build_detector
+from detector.evaluation import COCOEvaluator, EvalResult
+from detector.optim import ModelEMA, build_optimizer, build_scheduler
+from detector.runs import MetricsLogger, new_run_dir, plot_curves
+from detector.structures import Dataset, DetectorError, Targets
+
+
+class StopRequested(Exception):
+    """Raised inside the loop after SIGINT/SIGTERM, once a resumable checkpoint is saved."""
+
+    def __init__(self, signum: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by signal {signum}; resumable checkpoint saved to {checkpoint}")
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+
+class EpochSampler(Sampler[int]):
+    """Indices of one epoch, shuffled by (seed, epoch), sharded over ranks, optionally skipping the
+    first `start` samples of this rank (to resume mid-epoch on exactly the same batches)."""
+
+    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        per_rank = math.ceil(self.size / self.world_size)
+        order += order[: per_rank * self.world_size - self.size]  # pad so every rank gets as many
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.start :])
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world_size) - self.start
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DetectorError(f"train.device is '{name}' but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def make_loader(dataset: DetectionDataset, batch_size: int, sampler: Sampler | None, workers: int) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_samples,
+        persistent_workers=False, pin_memory=False,
+    )
+
+
+@dataclass
+class EvalOutput:
+    result: EvalResult
+    losses: dict[str, float]
+
+
+@torch.no_grad()
+def evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.device, with_loss: bool = True,
+             progress: bool = True) -> EvalOutput:
+    """COCO metrics (and mean validation losses) of `model` on `dataset`, in original image pixels."""
+    model.eval()
+    data = DetectionDataset(dataset, build_transform(None, config.data.max_size, train=False))
+    loader = make_loader(data, config.eval.batch_size, None, min(config.data.num_workers, 2))
+    evaluator = COCOEvaluator(list(config.model.class_names))
+    records = {r.image_id: r for r in dataset.records}
+    loss_sums: dict[str, float] = {}
+    batches = 0
+    for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
+        if with_loss:
+            losses = model(batch.images, [t.to(device) for t in batch.targets], batch.proposals)
+            for key, value in losses.items():
+                loss_sums[key] = loss_sums.get(key, 0.0) + float(value)
+            batches += 1
+        detections = model.predict(batch.images, batch.original_sizes, batch.proposals)
+        originals = [records[i] for i in batch.image_ids]
+        targets = [Targets(r.boxes, r.labels, (r.height, r.width), r.ignore) for r in originals]
+        evaluator.process(batch.image_ids, targets, [d.to("cpu") for d in detections])
+    return EvalOutput(evaluator.evaluate(), {f"val_{k}": v / max(batches, 1) for k, v in loss_sums.items()})
+
+
+class Trainer:
+    """Owns one training run: model, optimizer, schedule, loaders, logging and checkpoints."""
+
+    def __init__(self, config: Config, run_dir: Path | None = None, resume: Path | None = None,
+                 progress: bool = True) -> None:
+        self.config, self.progress = config, progress
+        dist.init_from_env()
+        self.device = resolve_device(config.train.device)
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        seed_everything(config.train.seed, config.train.deterministic)
+        self.train_set, self.val_set = build_datasets(config)
+        self.model = build_detector(config, pretrained=resume is None).to(self.device)
+        if dist.is_distributed() and config.train.sync_bn:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.optimizer = build_optimizer(self.model, config.train)
+        transform = build_transform(config.augment, config.data.max_size, train=True)
+        self.train_data = DetectionDataset(self.train_set, transform, seed=config.train.seed)
+        self.sampler = EpochSampler(len(self.train_data), True, config.train.seed, dist.rank(), dist.world_size())
+        self.loader = make_loader(self.train_data, config.train.batch_size, self.sampler, config.data.num_workers)
+        self.batches_per_epoch = math.ceil(len(self.sampler) / config.train.batch_size)
+        steps_per_epoch = math.ceil(self.batches_per_epoch / config.train.accumulate)
+        self.scheduler = build_scheduler(self.optimizer, config.train, config.train.epochs * steps_per_epoch)
+        use_fp16 = config.train.amp == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
+        self.ema = ModelEMA(self.model, config.train.ema_decay) if config.train.ema else None
+        self.epoch, self.batch_in_epoch, self.step, self.best_ap = 0, 0, 0, -1.0
+        self.stop_signal: int | None = None
+        if resume is not None:
+            self.run_dir = Path(resume).parent
+            self._restore(load_checkpoint(resume, map_location=self.device), resume)
+        else:
+            self.run_dir = run_dir or (new_run_dir(config.train.output_dir, config.train.name) if dist.is_main() else Path())
+            self.run_dir = dist.broadcast_path(self.run_dir)
+            if dist.is_main():
+                config.save(self.run_dir / "config.yaml")
+        self.logger = MetricsLogger(self.run_dir, enabled=dist.is_main())
+        self.ddp_model = dist.wrap_ddp(self.model, self.device)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "best_ap": self.best_ap,
+            "rng": rng_state(),
+        }
+
+    def save(self, name: str, model_state: dict | None = None) -> Path:
+        path = self.run_dir / name
+        if dist.is_main():
+            save_checkpoint(path, model_state or self.model.state_dict(), self.config, **self._state())
+        return path
+
+    def _restore(self, payload: dict[str, Any], path: Path) -> None:
+        load_model_state(self.model, payload["model"], path)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        if self.ema and payload.get("ema"):
+            self.ema.load_state_dict(payload["ema"])
+        self.epoch, self.batch_in_epoch = payload["epoch"], payload["batch_in_epoch"]
+        self.step, self.best_ap = payload["step"], payload["best_ap"]
+        set_rng_state(payload["rng"])
+
+    # ---- signals -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _catch_signals(self) -> Iterator[None]:
+        def request_stop(signum: int, _frame: Any) -> None:
+            self.stop_signal = signum
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    # ---- loops -------------------------------------------------------------------------------
+    def fit(self) -> Path:
+        """Train to `train.epochs`; returns the run folder."""
+        train = self.config.train
+        started = time.monotonic()
+        with self._catch_signals():
+            while self.epoch < train.epochs:
+                self.train_one_epoch()
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                over_budget = train.time_budget_min and time.monotonic() - started > train.time_budget_min * 60
+                last_epoch = self.epoch == train.epochs or over_budget
+                self.save("last.pt")
+                if (train.eval_every and self.epoch % train.eval_every == 0) or last_epoch:
+                    self.validate()
+                if over_budget:
+                    break
+        if dist.is_main():
+            plot_curves(self.run_dir)
+        self.logger.close()
+        dist.check_weights_in_sync(self.model, self.run_dir)
+        return self.run_dir
+
+    def _forward_losses(self, batch: Any) -> dict[str, torch.Tensor]:
+        amp = self.config.train.amp
+        enabled = amp != "none" and self.device.type == "cuda"
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        with torch.autocast(self.device.type, dtype=dtype, enabled=enabled):
+            return self.ddp_model(batch.images, batch.targets, batch.proposals)
+
+    def train_one_epoch(self) -> None:
+        train = self.config.train
+        self.model.train()
+        self.train_data.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * train.batch_size)
+        bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{train.epochs}", unit="it",
+                   disable=not (self.progress and dist.is_main()), dynamic_ncols=True)
+        for batch in bar:
+            losses = self._forward_losses(batch)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                values = {k: round(float(v), 4) for k, v in losses.items()}
+                raise DetectorError(
+                    f"non-finite loss at epoch {self.epoch + 1}, iteration {self.step} ({values}); training stopped, "
+                    f"the last good checkpoint is kept in {self.run_dir}"
+                )
+            self.scaler.scale(loss / train.accumulate).backward()
+            self.batch_in_epoch += 1
+            if self.batch_in_epoch % train.accumulate == 0 or self.batch_in_epoch == self.batches_per_epoch:
+                self._optimizer_step()
+                if self.step % train.log_every == 0:
+                    row = {k: float(v) for k, v in losses.items()}
+                    self.logger.log(self.step, epoch=self.epoch, loss=float(loss), lr=self.optimizer.param_groups[0]["lr"], **row)
+            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if self.stop_signal is not None:
+                checkpoint = self.save("last.pt")
+                raise StopRequested(self.stop_signal, checkpoint)
+
+    def _optimizer_step(self) -> None:
+        clip = self.config.train.clip_grad_norm
+        if clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        if self.ema:
+            self.ema.update(self.model)
+
+    def validate(self) -> EvalResult | None:
+        """Validation mAP on rank 0; writes best.pt when AP improves."""
+        if not dist.is_main():
+            dist.barrier()
+            return None
+        model = self.ema.module if self.ema else self.model
+        output = evaluate(model, self.val_set, self.config, self.device, progress=self.progress)
+        metrics = {k: round(v, 5) for k, v in output.result.metrics.items() if isinstance(v, float)}
+        self.logger.log(self.step, epoch=self.epoch, **metrics, **output.losses)
+        if metrics.get("AP", -1) > self.best_ap:
+            self.best_ap = metrics["AP"]
+            self.save("best.pt", model.state_dict())
+        if self.progress:
+            print(f"epoch {self.epoch}: AP {metrics.get('AP', 0):.4f}  AP50 {metrics.get('AP50', 0):.4f}  (best AP {self.best_ap:.4f})")
+        dist.barrier()
+        return output.result

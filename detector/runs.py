@@ -1,0 +1,106 @@
+"""Run folders and metric logs: `runs/<name>/` (never overwritten), metrics.jsonl, TensorBoard, PNG curves."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from detector.structures import DetectorError
+
+
+def new_run_dir(output_dir: str | Path, name: str) -> Path:
+    """Create `output_dir/name`, or `name-2`, `name-3`, ... if it exists: a run never overwrites another."""
+    root = Path(output_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DetectorError(f"cannot create the output folder {root}: {error.strerror}") from None
+    if not os.access(root, os.W_OK):
+        raise DetectorError(f"the output folder {root} is not writable")
+    for suffix in range(1, 10_000):
+        candidate = root / (name if suffix == 1 else f"{name}-{suffix}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise DetectorError(f"cannot create the run folder {candidate}: {error.strerror}") from None
+    raise DetectorError(f"too many runs named {name} in {root}")
+
+
+class MetricsLogger:
+    """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(log_dir=str(run_dir))
+            except ImportError:  # tensorboard is optional at run time
+                self.writer = None
+
+    def log(self, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **values}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and key not in ("epoch",):
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(run_dir: Path) -> Path | None:
+    """Draw losses, learning rate and validation mAP from metrics.jsonl into curves.png."""
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "AP" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    loss_keys = sorted({k for r in train for k in r if k.startswith(("rpn_", "roi_")) or k == "loss"})
+    for key in loss_keys:
+        axes[0].plot([r["step"] for r in train if key in r], [r[key] for r in train if key in r], label=key)
+    axes[0].set_title("training losses")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    axes[1].plot([r["step"] for r in train], [r.get("lr", 0) for r in train])
+    axes[1].set_title("learning rate")
+    for key in ("AP", "AP50", "AP75"):
+        axes[2].plot([r["step"] for r in val], [r[key] for r in val], marker="o", label=key)
+    axes[2].set_title("validation mAP")
+    axes[2].set_ylim(0, 1)
+    axes[2].legend(fontsize=8)
+    for axis in axes:
+        axis.set_xlabel("iteration")
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(run_dir) / "curves.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
