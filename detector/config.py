@@ -179,9 +179,10 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _did_you_mean(key: str, options: list[str]) -> str:
+def _did_you_mean(key: str, options: list[str], where: str) -> str:
     close = difflib.get_close_matches(key, options, n=1)
-    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(options)}"
+    prefix = f"{where}." if where else ""
+    return f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(options)}"
 
 
 def _type_name(tp: Any) -> str:
@@ -225,7 +226,7 @@ def _apply(section: Any, values: dict[str, Any], where: str) -> None:
     for key, value in values.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in hints:
-            raise DetectorError(f"unknown config key '{path}'{_did_you_mean(str(key), list(hints))}")
+            raise DetectorError(f"unknown config key '{path}'{_did_you_mean(str(key), list(hints), where)}")
         if dataclasses.is_dataclass(hints[key]):
             if not isinstance(value, dict):
                 raise DetectorError(f"config key '{path}' is a section and expects a mapping, got {value!r}")
@@ -263,10 +264,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(values, dict):
             raise DetectorError(f"config file {path} must hold a mapping of sections (model, data, ...)")
         _apply(config, values, "")
-    for override in overrides:
-        _apply(config, parse_override(override), "")
-    validate(config)
-    return config
+    return apply_overrides(config, overrides)
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
@@ -304,3 +302,11 @@ def validate(config: Config) -> None:
         raise DetectorError("config key 'model.proposals_file' must name a JSON file when model.proposals is 'file'")
     if config.train.batch_size < 1 or config.train.accumulate < 1:
         raise DetectorError("config keys 'train.batch_size' and 'train.accumulate' must be at least 1")
+
+
+def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply ``section.key=value`` overrides to an existing config (e.g. one read from a checkpoint)."""
+    for override in overrides:
+        _apply(config, parse_override(override), "")
+    validate(config)
+    return config

@@ -117,7 +117,7 @@ def build_proposal_source(config: Config, backbone: Backbone) -> nn.Module:
             pixel_mean=backbone.pixel_mean, pixel_std=backbone.pixel_std,
         )
     if model.proposals == "file":
-        return FileProposals()
+        return FileProposals(max_proposals=model.selective_search_max)
     anchors = AnchorGenerator(tuple(model.anchor_sizes), tuple(model.anchor_ratios), backbone.strides)
     return RPN(
         RPNHead(backbone.out_channels, anchors.num_anchors_per_location),

@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the test suite).
+# Each creates or updates the project-local virtualenv .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
+
+.PHONY: demo test install selective-search
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,onnx]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/detector demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+# Selective search needs OpenCV contrib (cv2.ximgproc). The contrib wheel is a superset of the headless
+# wheel and writes the same cv2 module, so install it at the headless wheel's exact version, after it.
+selective-search: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps --force-reinstall \
+	  "opencv-contrib-python-headless==$$($(PY) -m pip show opencv-python-headless | sed -n 's/^Version: //p')"
+	$(PY) -c "import cv2, albumentations; cv2.ximgproc; print('selective search ready: OpenCV', cv2.__version__)"

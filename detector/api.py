@@ -1,0 +1,95 @@
+"""The Python API, usable without the command line.
+
+    from detector import Detector
+    det = Detector.load("runs/x/best.pt")
+    detections = det.predict("street.jpg")          # or an RGB array, or a list of either
+    for frame in det.predict_video("clip.mp4"):     # per-frame results
+        print(frame.index, len(frame.detections))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
+from detector.config import Config
+from detector.data.images import load_image
+from detector.data.transforms import build_transform
+from detector.detector import FastRCNN, build_detector
+from detector.engine import resolve_device
+from detector.structures import Detections, DetectorError
+
+ImageInput = str | Path | np.ndarray
+
+
+class Detector:
+    """A trained detector with its preprocessing: give it images in any size, get boxes in their pixels."""
+
+    def __init__(self, model: FastRCNN, config: Config, device: torch.device | str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.config = config
+        self.device = torch.device(device)
+        self.transform = build_transform(None, config.data.max_size, train=False)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.model.class_names)
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, device: str = "auto") -> "Detector":
+        """Load a checkpoint written by `detector train` (weights only: no code in it runs)."""
+        payload = load_checkpoint(checkpoint)
+        config = checkpoint_config(payload, checkpoint)
+        model = build_detector(config, pretrained=False)
+        load_model_state(model, payload["model"], checkpoint)
+        return cls(model, config, resolve_device(device))
+
+    def _to_tensor(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
+        if isinstance(image, (str, Path)):
+            image = load_image(image)
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise DetectorError("predict expects image paths or (H, W, 3) uint8 RGB arrays")
+        resized = self.transform(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0, 4), np.float32)).image
+        tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float().div_(255)
+        return tensor, (image.shape[0], image.shape[1])
+
+    def predict_batch(self, images: Sequence[ImageInput], score_thresh: float | None = None,
+                      classes: Sequence[str] | None = None, max_det: int | None = None) -> list[Detections]:
+        """Detections for each image, boxes in that image's pixels."""
+        tensors, sizes = zip(*(self._to_tensor(image) for image in images)) if images else ((), ())
+        if not tensors:
+            return []
+        detections = self.model.predict(list(tensors), list(sizes))
+        return [self._select(d.to("cpu"), score_thresh, classes, max_det) for d in detections]
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], score_thresh: float | None = None,
+                classes: Sequence[str] | None = None, max_det: int | None = None) -> Detections | list[Detections]:
+        """One image (path or RGB array) -> Detections; a list -> list[Detections]."""
+        if isinstance(images, (str, Path, np.ndarray)):
+            return self.predict_batch([images], score_thresh, classes, max_det)[0]
+        return self.predict_batch(list(images), score_thresh, classes, max_det)
+
+    def _select(self, detections: Detections, score_thresh: float | None, classes: Sequence[str] | None,
+                max_det: int | None) -> Detections:
+        keep = torch.ones(len(detections), dtype=torch.bool)
+        if score_thresh is not None:
+            keep &= detections.scores >= score_thresh
+        if classes:
+            unknown = sorted(set(classes) - set(self.class_names))
+            if unknown:
+                raise DetectorError(f"--classes names {unknown} that this checkpoint does not know; it has {self.class_names}")
+            wanted = torch.tensor([self.class_names.index(c) + 1 for c in classes])
+            keep &= torch.isin(detections.labels, wanted)
+        detections = detections.filter(keep)
+        return detections.filter(torch.arange(min(len(detections), max_det))) if max_det is not None else detections
+
+    def predict_video(self, source: str | int, batch_size: int = 4, score_thresh: float | None = None,
+                      classes: Sequence[str] | None = None, max_det: int | None = None) -> Iterator["FrameResult"]:
+        """Per-frame results for a video file, webcam index or stream URL (frames batched for throughput)."""
+        from detector.video import FrameResult, predict_frames  # noqa: F401  (FrameResult for the annotation)
+
+        yield from predict_frames(self, source, batch_size, score_thresh, classes, max_det)

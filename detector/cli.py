@@ -1,0 +1,107 @@
+"""The `detector` command line. Every user error ends as one sentence on stderr and a non-zero exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.epochs=5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detector", description="Fast R-CNN-style car detector.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a detector from a config into runs/<name>/")
+    p.add_argument("-c", "--config", help="YAML config (defaults: the synthetic road scenes)")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="resume from runs/<name>/last.pt (train.epochs=N may extend it)")
+    _add_overrides(p)
+
+    p = sub.add_parser("eval", help="COCO mAP, per-class AP, PR curves and confusion matrix of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("dataset", help="dataset folder or COCO json")
+    p.add_argument("--format", required=True, help="coco | voc | yolo | kitti")
+    p.add_argument("--out", help="output folder (default runs/eval/<name>)")
+    p.add_argument("--filter", default="", help="only images whose file name matches this regular expression")
+    _add_overrides(p)
+
+    p = sub.add_parser("detect", help="detect cars in an image, folder, glob, video, webcam index or stream URL")
+    p.add_argument("checkpoint")
+    p.add_argument("source")
+    p.add_argument("--out", help="output folder (default runs/detect/<name>)")
+    p.add_argument("--classes", nargs="+", help="only these class names")
+    p.add_argument("--score-thresh", type=float, default=0.5)
+    p.add_argument("--max-det", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=4, help="frames per model call")
+    p.add_argument("--show", action="store_true", help="show a window when a display exists")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("demo", help="render synthetic roads, train, evaluate and detect, all offline (about 10 min on CPU)")
+    p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    _add_overrides(p)
+
+    p = sub.add_parser("info", help="per-layer table: output shape, stride, receptive field, parameters, GFLOPs")
+    p.add_argument("-c", "--config")
+    p.add_argument("--input-size", nargs=2, type=int, default=[320, 320], metavar=("H", "W"))
+    _add_overrides(p)
+
+    p = sub.add_parser("convert", help="convert a dataset between formats")
+    p.add_argument("--from", dest="src_format", required=True, help="kitti | voc | yolo | coco")
+    p.add_argument("--to", dest="dst_format", required=True, help="coco | voc | yolo")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--names-file", help="YOLO class names file")
+
+    p = sub.add_parser("data", help="dataset tools: stats, show")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
+    q = data_sub.add_parser("stats", help="images, boxes per class, COCO size buckets, empty and dropped")
+    q.add_argument("path")
+    q.add_argument("--format", required=True)
+    q.add_argument("--names-file")
+    q = data_sub.add_parser("show", help="draw a grid of samples with their boxes (after augmentation)")
+    q.add_argument("path")
+    q.add_argument("--format", required=True)
+    q.add_argument("--augment", action="store_true")
+    q.add_argument("--out", default="grid.png")
+    q.add_argument("--num", type=int, default=16)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("-c", "--config", help="config whose augment and data.max_size sections are used")
+    q.add_argument("--names-file")
+
+    p = sub.add_parser("proposals", help="compute selective-search proposals for a dataset into a JSON file")
+    p.add_argument("dataset")
+    p.add_argument("--format", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--mode", default="fast", choices=["fast", "quality"])
+    p.add_argument("--max", type=int, default=2000)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX for ONNX Runtime inference")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--input-size", nargs=2, type=int, default=[640, 640], metavar=("H", "W"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from detector.structures import DetectorError
+
+    try:
+        from detector import commands
+
+        return int(getattr(commands, f"run_{args.command}")(args) or 0)
+    except DetectorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""What each `detector` subcommand does: thin glue from parsed arguments to the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from pathlib import Path
+
+from detector.config import Config, apply_overrides, load_config
+from detector.structures import DetectorError
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from detector.checkpoint import checkpoint_config, load_checkpoint
+    from detector.engine import StopRequested, Trainer
+
+    if args.resume:
+        if args.config:
+            raise DetectorError("--resume takes the config stored in the checkpoint; drop -c (overrides such as train.epochs=N are allowed)")
+        config = apply_overrides(checkpoint_config(load_checkpoint(args.resume), args.resume), args.overrides)
+    else:
+        config = load_config(args.config, args.overrides)
+    trainer = Trainer(config, resume=Path(args.resume) if args.resume else None)
+    print(f"run folder: {trainer.run_dir}")
+    try:
+        run_dir = trainer.fit()
+    except StopRequested as stop:
+        name = signal.Signals(stop.signum).name
+        print(f"{name}: saved a resumable checkpoint to {stop.checkpoint}; continue with "
+              f"`detector train --resume {stop.checkpoint}`")
+        return 128 + stop.signum
+    print(f"done: {run_dir} (last.pt, best.pt, metrics.jsonl, curves.png)")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from detector.api import Detector
+    from detector.data.build import read_split
+    from detector.engine import evaluate
+    from detector.runs import new_run_dir
+
+    detector = Detector.load(args.checkpoint)
+    config = apply_overrides(detector.config, args.overrides)
+    config.data.format = args.format
+    dataset = read_dataset_for_checkpoint(config, args.dataset, args.checkpoint, read_split)
+    if args.filter:
+        import re
+
+        dataset.records = [r for r in dataset.records if re.search(args.filter, r.image_path.name)]
+    out = Path(args.out) if args.out else new_run_dir("runs/eval", Path(args.checkpoint).parent.name)
+    out.mkdir(parents=True, exist_ok=True)
+    output = evaluate(detector.model, dataset, config, detector.device)
+    result = output.result
+    print(result.table())
+    for key, value in output.losses.items():
+        print(f"{key}: {value:.4f}")
+    result.save_results_json(out / "detections.json")
+    result.plot_pr_curves(out / "pr_curves.png")
+    result.plot_confusion_matrix(out / "confusion_matrix.png")
+    (out / "metrics.json").write_text(json.dumps({**result.metrics, "per_class": result.per_class, **output.losses}, indent=2))
+    print(f"wrote {out}/metrics.json, detections.json, pr_curves.png, confusion_matrix.png")
+    return 0
+
+
+def read_dataset_for_checkpoint(config: Config, path: str, checkpoint: str, read_split) -> "object":
+    """Read a dataset with the checkpoint's classes; a class mismatch names both sides."""
+    try:
+        return read_split(config.data, path, list(config.model.class_names))
+    except DetectorError as error:
+        if "class" in str(error):
+            raise DetectorError(
+                f"dataset {path} does not match the classes of checkpoint {checkpoint} "
+                f"({', '.join(config.model.class_names)}): {error}"
+            ) from None
+        raise
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    from detector.api import Detector
+    from detector.video import run_detection
+
+    detector = Detector.load(args.checkpoint, device=args.device)
+    summary = run_detection(
+        detector, args.source, out_dir=Path(args.out) if args.out else None, classes=args.classes,
+        score_thresh=args.score_thresh, max_det=args.max_det, batch_size=args.batch_size, show=args.show,
+    )
+    print(summary.describe())
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from detector.demo import run_demo as demo
+
+    demo(Path(args.out), args.overrides)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from detector.detector import build_detector
+    from detector.info import describe_detector
+
+    config = load_config(args.config, args.overrides)
+    model = build_detector(config)
+    print(describe_detector(model, tuple(args.input_size)))
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from detector.data.readers import read_dataset
+    from detector.data.writers import write_dataset
+
+    dataset = read_dataset(args.src, args.src_format, names_file=args.names_file)
+    out = write_dataset(dataset, Path(args.dst), args.dst_format)
+    print(f"wrote {len(dataset.records)} images in {args.dst_format} format to {out}")
+    return 0
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from detector.data.readers import read_dataset
+
+    dataset = read_dataset(args.path, args.format, names_file=args.names_file)
+    for line in dataset.report.warnings():
+        print(f"warning: {line}")
+    if args.data_command == "stats":
+        from detector.data.stats import dataset_stats, format_stats
+
+        print(format_stats(dataset_stats(dataset)))
+        return 0
+    from detector.visualize import show_dataset
+
+    config = load_config(args.config) if args.config else Config()
+    augment = config.augment if args.augment else None
+    out = show_dataset(dataset, Path(args.out), augment, config.data.max_size, num=args.num, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+def run_proposals(args: argparse.Namespace) -> int:
+    from detector.data.readers import read_dataset
+    from detector.proposals import compute_proposals, write_proposals_file
+
+    dataset = read_dataset(args.dataset, args.format)
+    proposals = compute_proposals(dataset, mode=args.mode, max_proposals=args.max)
+    write_proposals_file(Path(args.out), proposals)
+    print(f"wrote proposals for {len(proposals)} images to {args.out}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from detector.export import export_onnx
+
+    out = export_onnx(args.checkpoint, Path(args.out), tuple(args.input_size))
+    print(f"wrote {out}")
+    return 0

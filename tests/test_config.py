@@ -1,0 +1,68 @@
+import pytest
+
+from detector.config import Config, config_from_dict, load_config, parse_override
+from detector.structures import DetectorError
+
+
+def test_defaults_are_documented_dataclasses():
+    config = Config()
+    assert config.model.backbone == "efficientnet_lite0"
+    assert config.model.roi_output_size == [7, 7]
+
+
+def test_yaml_then_cli_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.5\n  epochs: 3\nmodel:\n  roi_output_size: [2, 3]\n")
+    config = load_config(path, ["train.lr=0.01", "data.class_map={Car: car, Van: car}"])
+    assert config.train.lr == 0.01 and config.train.epochs == 3
+    assert config.model.roi_output_size == [2, 3]
+    assert config.data.class_map == {"Car": "car", "Van": "car"}
+
+
+def test_int_widens_to_float():
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=0.1", "did you mean 'train.lr'"),
+        ("trian.lr=0.1", "did you mean 'train'"),
+        ("train.epochs=abc", "'train.epochs' expects int"),
+        ("model.fpn=3", "'model.fpn' expects bool"),
+        ("model.roi_output_size=7", "'model.roi_output_size' expects a list"),
+        ("model.roi_pool_mode=bilinear", "expected one of partition, torchvision, align"),
+        ("train.lr", "section.key=value"),
+    ],
+)
+def test_bad_overrides_fail_with_one_sentence(override, message):
+    with pytest.raises(DetectorError, match=message.replace("(", r"\(")):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  backbon: resnet18\n")
+    with pytest.raises(DetectorError, match="did you mean 'model.backbone'"):
+        load_config(path)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(DetectorError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(DetectorError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = load_config(None, ["train.epochs=7", "model.class_names=[car, van]"])
+    config.save(tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == config
+    assert config_from_dict(config.to_dict()) == config
+
+
+def test_parse_override_nests():
+    assert parse_override("a.b.c=1") == {"a": {"b": {"c": 1}}}
