@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 from detector.config import Config, apply_overrides, load_config
+from detector.runs import json_safe
 from detector.structures import DetectorError
 
 
@@ -55,10 +56,9 @@ def run_eval(args: argparse.Namespace) -> int:
     print(result.table())
     for key, value in output.losses.items():
         print(f"{key}: {value:.4f}")
-    result.save_results_json(out / "detections.json")
-    result.plot_pr_curves(out / "pr_curves.png")
-    result.plot_confusion_matrix(out / "confusion_matrix.png")
-    (out / "metrics.json").write_text(json.dumps({**result.metrics, "per_class": result.per_class, **output.losses}, indent=2))
+    output.save(out, config)
+    metrics = {**result.metrics, "per_class": result.per_class, **output.losses}
+    (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
     print(f"wrote {out}/metrics.json, detections.json, pr_curves.png, confusion_matrix.png")
     return 0
 

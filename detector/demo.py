@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from detector.config import load_config
-from detector.runs import new_run_dir
+from detector.runs import json_safe, new_run_dir
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 DASHCAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "solidWhiteRight.mp4"
@@ -39,11 +39,7 @@ def run_demo(out: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     output = evaluate(detector.model, trainer.val_set, config, detector.device, with_loss=False)
     result = output.result
     print(result.table())
-    eval_dir = out / "eval"
-    eval_dir.mkdir()
-    result.save_results_json(eval_dir / "detections.json")
-    result.plot_pr_curves(eval_dir / "pr_curves.png")
-    result.plot_confusion_matrix(eval_dir / "confusion_matrix.png")
+    eval_paths = output.save(out / "eval", config)
 
     videos = {"synthetic": render_video(out / "data" / "synthetic_drive.mp4", seed=config.train.seed)}
     if DASHCAM.is_file():
@@ -60,12 +56,11 @@ def run_demo(out: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
         "train_run": str(run_dir),
         "checkpoint": str(run_dir / "best.pt"),
         "curves": str(run_dir / "curves.png"),
-        "eval": {"pr_curves": str(eval_dir / "pr_curves.png"), "confusion_matrix": str(eval_dir / "confusion_matrix.png"),
-                 "detections": str(eval_dir / "detections.json")},
+        "eval": eval_paths,
         "detect": detections,
         "seconds": round(time.monotonic() - started, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
     print(f"[demo] AP50 {result.metrics['AP50']:.3f}, AP {result.metrics['AP']:.3f} in {summary['seconds']:.0f} s; "
           f"summary: {out / 'summary.json'}")
     return summary

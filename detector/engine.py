@@ -116,7 +116,18 @@ def make_loader(dataset: DetectionDataset, batch_size: int, sampler: Sampler | N
 @dataclass
 class EvalOutput:
     result: EvalResult
+    evaluator: COCOEvaluator  # holds the detections: results JSON, confusion matrix
     losses: dict[str, float]
+
+    def save(self, out_dir: Path, config: Config) -> dict[str, str]:
+        """Write detections.json, pr_curves.png and confusion_matrix.png; returns their paths."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {name: out_dir / name for name in ("detections.json", "pr_curves.png", "confusion_matrix.png")}
+        self.evaluator.save_results_json(paths["detections.json"])
+        self.result.plot_pr_curves(paths["pr_curves.png"])
+        self.evaluator.plot_confusion_matrix(paths["confusion_matrix.png"], config.eval.confusion_iou,
+                                             config.eval.confusion_score_thresh)
+        return {name: str(path) for name, path in paths.items()}
 
 
 @torch.no_grad()
@@ -140,7 +151,7 @@ def evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.de
         originals = [records[i] for i in batch.image_ids]
         targets = [Targets(r.boxes, r.labels, (r.height, r.width), r.ignore) for r in originals]
         evaluator.process(batch.image_ids, targets, [d.to("cpu") for d in detections])
-    return EvalOutput(evaluator.evaluate(), {f"val_{k}": v / max(batches, 1) for k, v in loss_sums.items()})
+    return EvalOutput(evaluator.evaluate(), evaluator, {f"val_{k}": v / max(batches, 1) for k, v in loss_sums.items()})
 
 
 class Trainer:

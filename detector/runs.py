@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ class MetricsLogger:
             return
         row = {"step": step, **values}
         with self.path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+            handle.write(json.dumps(json_safe(row)) + "\n")
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and key not in ("epoch",):
@@ -61,6 +62,17 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN/inf floats (undefined COCO metrics) by None so the JSON is standard."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
