@@ -20,7 +20,7 @@ from detector.proposals import FileProposals, SelectiveSearchProposals
 from detector.roi_heads import ConvHead, FCHead, Predictor, RoIHeads
 from detector.roi_pool import RoIPool
 from detector.rpn import RPN, RPNHead
-from detector.structures import Detections, ImageBatch, Targets
+from detector.structures import Detections, DetectorError, ImageBatch, Targets
 
 
 class FastRCNN(nn.Module):
@@ -118,7 +118,13 @@ def build_proposal_source(config: Config, backbone: Backbone) -> nn.Module:
         )
     if model.proposals == "file":
         return FileProposals(max_proposals=model.selective_search_max)
-    anchors = AnchorGenerator(tuple(model.anchor_sizes), tuple(model.anchor_ratios), backbone.strides)
+    try:
+        anchors = AnchorGenerator(tuple(model.anchor_sizes), tuple(model.anchor_ratios), backbone.strides)
+    except ValueError as error:
+        raise DetectorError(
+            f"config key 'model.anchor_sizes' does not fit the backbone's {len(backbone.strides)} feature level(s) "
+            f"(strides {backbone.strides}): give one size per level, or any sizes for a single level ({error})"
+        ) from None
     return RPN(
         RPNHead(backbone.out_channels, anchors.num_anchors_per_location),
         anchors,
