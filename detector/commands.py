@@ -102,7 +102,8 @@ def run_info(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     model = build_detector(config)
-    print(describe_detector(model, tuple(args.input_size)))
+    heads = {"proposals": model.proposal_source, "roi_heads": model.roi_heads}
+    print(describe_detector(model.backbone, heads, tuple(args.input_size)))
     return 0
 
 

@@ -316,8 +316,9 @@ class Trainer:
         output = evaluate(model, self.val_set, self.config, self.device, progress=self.progress)
         metrics = {k: round(v, 5) for k, v in output.result.metrics.items() if isinstance(v, float)}
         self.logger.log(self.step, epoch=self.epoch, **metrics, **output.losses)
-        if metrics.get("AP", -1) > self.best_ap:
-            self.best_ap = metrics["AP"]
+        ap = metrics.get("AP", float("nan"))
+        if (not math.isnan(ap) and ap > self.best_ap) or not (self.run_dir / "best.pt").exists():
+            self.best_ap = ap if not math.isnan(ap) else self.best_ap
             self.save("best.pt", model.state_dict())
         if self.progress:
             print(f"epoch {self.epoch}: AP {metrics.get('AP', 0):.4f}  AP50 {metrics.get('AP50', 0):.4f}  (best AP {self.best_ap:.4f})")

@@ -45,3 +45,45 @@ def tiny_targets() -> list[Targets]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def tiny_run_overrides(root: Path, **extra: object) -> list[str]:
+    """Config overrides for a training run that takes seconds: a few tiny synthetic images, random weights."""
+    values = {
+        "data.format": "synthetic",
+        "data.train_path": str(root / "data" / "train"),
+        "data.val_path": str(root / "data" / "val"),
+        "data.synthetic_train_images": 8,
+        "data.synthetic_val_images": 4,
+        "data.synthetic_size": "[128,160]",
+        "data.max_size": 160,
+        "data.num_workers": 0,
+        "model.weights": "none",
+        "model.rpn_pre_nms_top_n_train": 200,
+        "model.rpn_post_nms_top_n_train": 64,
+        "model.rpn_post_nms_top_n_test": 32,
+        "model.roi_batch_per_image": 32,
+        "model.head_dim": 64,
+        "train.output_dir": str(root / "runs"),
+        "train.name": "tiny",
+        "train.epochs": 1,
+        "train.batch_size": 2,
+        "train.warmup_iters": 2,
+        "train.eval_every": 0,
+        "train.log_every": 1,
+        "train.threads": 1,
+        "train.deterministic": "true",
+        **extra,
+    }
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """best.pt of a one-epoch run on tiny synthetic scenes (shared by the CLI and API tests)."""
+    from detector.config import load_config
+    from detector.engine import Trainer
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    run_dir = Trainer(load_config(None, tiny_run_overrides(root)), progress=False).fit()
+    return run_dir / "best.pt"

@@ -1,0 +1,152 @@
+"""Training engine: exact resume after SIGTERM, DDP with torchrun, checkpoint safety, non-finite loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_run_overrides
+from detector.checkpoint import load_checkpoint, save_checkpoint
+from detector.config import load_config
+from detector.engine import EpochSampler, Trainer
+from detector.structures import DetectorError
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def _train_cli(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([str(VENV_BIN / "detector"), "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_epoch_sampler_shards_and_skips():
+    sampler = EpochSampler(10, shuffle=True, seed=3)
+    sampler.set_epoch(1)
+    full = list(sampler)
+    sampler.set_epoch(1, start=4)
+    assert list(sampler) == full[4:]
+    ranks = [EpochSampler(10, True, 3, rank=r, world_size=2) for r in range(2)]
+    for r in ranks:
+        r.set_epoch(1)
+    assert sorted(list(ranks[0]) + list(ranks[1])) == sorted(full)
+    sampler.set_epoch(2)
+    assert list(sampler) != full
+
+
+def test_resume_after_sigterm_is_exact(tmp_path):
+    """2 epochs straight == 2 epochs stopped by SIGTERM during epoch 1, then resumed."""
+    overrides = tiny_run_overrides(tmp_path, **{"train.epochs": 2})
+    straight = _train_cli(overrides + ["train.name=straight"])
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()
+
+    stopped = _train_cli(overrides + ["train.name=stopped"])
+    metrics = tmp_path / "runs" / "stopped" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stopped.send_signal(signal.SIGTERM)
+    output = stopped.communicate(timeout=120)[0]
+    assert stopped.returncode == 128 + signal.SIGTERM, output
+    last = tmp_path / "runs" / "stopped" / "last.pt"
+    state = load_checkpoint(last)
+    assert (state["epoch"], state["batch_in_epoch"]) < (2, 0), "the stop must come before the run ends"
+    assert "resume" in output
+
+    resumed = _train_cli(["--resume", str(last)])
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    expected = _weights(tmp_path / "runs" / "straight" / "last.pt")
+    actual = _weights(last)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def test_torchrun_two_ranks_stay_identical(tmp_path):
+    overrides = tiny_run_overrides(tmp_path, **{"train.name": "ddp"})
+    command = [str(VENV_BIN / "torchrun"), "--nproc_per_node=2", "--master_port=29517", "-m", "detector.cli", "train", *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = json.loads((tmp_path / "runs" / "ddp" / "ddp_ranks.json").read_text())
+    assert ranks["world_size"] == 2
+    assert len(set(ranks["digests"])) == 1
+    assert (tmp_path / "runs" / "ddp" / "last.pt").exists()
+    assert not (tmp_path / "runs" / "ddp-2").exists(), "only rank 0 creates the run folder"
+
+
+def test_runs_never_overwrite_and_write_outputs(tmp_path):
+    config = load_config(None, tiny_run_overrides(tmp_path))
+    first = Trainer(config, progress=False).fit()
+    second = Trainer(config, progress=False).fit()
+    assert first.name == "tiny" and second.name == "tiny-2"
+    for name in ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "curves.png"):
+        assert (first / name).is_file(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in first.iterdir())
+    rows = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
+    assert any("AP50" in row for row in rows) and any("loss" in row for row in rows)
+    assert load_config(first / "config.yaml") == config
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    config = load_config(None, tiny_run_overrides(tmp_path))
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"w": torch.ones(3)}, config, epoch=1)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(DetectorError, match="previous checkpoint is intact"):
+        save_checkpoint(path, {"w": torch.zeros(3)}, config, epoch=2)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temporary file is left behind"
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    config = load_config(None, tiny_run_overrides(tmp_path, **{"train.epochs": 2}))
+    trainer = Trainer(config, progress=False)
+    trainer.train_one_epoch()
+    trainer.epoch += 1
+    trainer.batch_in_epoch = 0
+    good = trainer.save("last.pt").read_bytes()
+    original = trainer.ddp_model.forward
+
+    def exploding(*args, **kwargs):
+        losses = original(*args, **kwargs)
+        return {**losses, "roi_cls": losses["roi_cls"] * float("nan")}
+
+    monkeypatch.setattr(trainer.ddp_model, "forward", exploding)
+    with pytest.raises(DetectorError, match="non-finite loss .*roi_cls"):
+        trainer.fit()
+    assert (trainer.run_dir / "last.pt").read_bytes() == good
+
+
+def test_output_folder_not_writable(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):
+        pytest.skip("running with privileges that ignore folder permissions")
+    with pytest.raises(DetectorError, match="not writable"):
+        Trainer(load_config(None, tiny_run_overrides(tmp_path, **{"train.output_dir": str(locked)})), progress=False)
+
+
+def test_output_folder_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DetectorError, match="cannot create the output folder"):
+        Trainer(load_config(None, tiny_run_overrides(tmp_path, **{"train.output_dir": str(blocker / "runs")})), progress=False)
