@@ -287,9 +287,9 @@ class Trainer:
             if self.batch_in_epoch % train.accumulate == 0 or self.batch_in_epoch == self.batches_per_epoch:
                 self._optimizer_step()
                 if self.step % train.log_every == 0:
-                    row = {k: float(v) for k, v in losses.items()}
+                    row = {k: float(v.detach()) for k, v in losses.items()}
                     self.logger.log(self.step, epoch=self.epoch, loss=float(loss), lr=self.optimizer.param_groups[0]["lr"], **row)
-            bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
             if self.stop_signal is not None:
                 checkpoint = self.save("last.pt")
                 raise StopRequested(self.stop_signal, checkpoint)

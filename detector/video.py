@@ -1,0 +1,530 @@
+"""Detection on any source: an image, a folder, a glob, a video file, a webcam index or a stream URL.
+
+Three threads keep the model busy: a reader decodes frames ahead into a bounded queue, the calling thread
+runs ``predict_batch`` on batches of frames, and (in `run_detection`) a writer draws boxes and writes the
+annotated images / mp4, ``detections.json`` and ``detections.csv``. Every frame is ``(H, W, 3)`` uint8 RGB;
+every box is ``(D, 4)`` float32 ``x1, y1, x2, y2`` in that frame's own pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import itertools
+import json
+import os
+import queue
+import re
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from detector.data.images import IMAGE_EXTENSIONS, list_images, load_image
+from detector.runs import new_run_dir
+from detector.structures import Detections, DetectorError
+from detector.visualize import IMAGE_SUFFIXES, draw_detections, save_image
+
+__all__ = ["DetectSummary", "Frame", "FrameResult", "Source", "open_source", "predict_frames", "run_detection"]
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # rtsp://, rtmp://, http(s)://, udp://, ...
+_GLOB_MAGIC = re.compile(r"[*?[]")
+# A gap longer than this (about 2 s at 25 fps) is the end of the video, not a run of damaged frames.
+_MAX_CONSECUTIVE_FAILURES = 50
+_DEFAULT_FPS = 25.0  # for the output mp4 when a webcam or stream does not report its rate
+_POLL_S = 0.1  # how often a blocked thread looks at its stop flag
+_DONE = object()  # end-of-stream marker in the thread queues
+_SHOW_NOTE = "--show needs a display and OpenCV with GUI support; continuing without a window"
+
+
+class FramePredictor(Protocol):
+    """What `predict_frames` needs from a detector (`detector.api.Detector` is one)."""
+
+    class_names: list[str]
+
+    def predict_batch(self, images: Sequence[np.ndarray], score_thresh: float | None = None,
+                      classes: Sequence[str] | None = None, max_det: int | None = None) -> list[Detections]: ...
+
+
+@dataclass
+class Frame:
+    """One decoded frame: its position in the source, a name, and the (H, W, 3) uint8 RGB pixels."""
+
+    index: int
+    name: str
+    image: np.ndarray
+
+
+@dataclass
+class FrameResult:
+    """A frame with its detections (boxes (D, 4) xyxy in the frame's pixels).
+
+    model_seconds is this frame's share of the ``predict_batch`` call that processed it.
+    """
+
+    index: int
+    name: str
+    image: np.ndarray
+    detections: Detections
+    model_seconds: float = 0.0
+
+
+@dataclass
+class Source:
+    """A classified source. kind: image | folder | glob | video | webcam | stream.
+
+    Image kinds list their ``paths`` (names are relative to ``root``); video kinds hold an open capture and
+    report ``fps``, ``frame_size`` (width, height) and ``frame_count`` (None when unknown, as for streams).
+    `frames` is single-pass for video kinds. ``skipped`` counts frames that could not be decoded.
+    """
+
+    kind: str
+    location: str
+    stem: str
+    paths: list[Path] = field(default_factory=list)
+    root: Path = Path(".")
+    fps: float | None = None
+    frame_size: tuple[int, int] | None = None
+    frame_count: int | None = None
+    skipped: int = 0
+    _capture: Any = field(default=None, repr=False)
+    _pending: Frame | None = field(default=None, repr=False)
+    _next_index: int = field(default=0, repr=False)  # stream position of the next read, failed reads included
+
+    @property
+    def is_video(self) -> bool:
+        return self.kind in ("video", "webcam", "stream")
+
+    @property
+    def total(self) -> int | None:
+        """Number of frames to expect, when known (for the progress bar's ETA)."""
+        return self.frame_count if self.is_video else len(self.paths)
+
+    def frames(self) -> Iterator[Frame]:
+        """Decoded frames in order; undecodable ones are counted in ``skipped`` and left out."""
+        return self._video_frames() if self.is_video else self._image_frames()
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+    def _image_frames(self) -> Iterator[Frame]:
+        for index, path in enumerate(self.paths):
+            try:
+                image = load_image(path)
+            except DetectorError:
+                if self.kind == "image":  # the only image is unreadable: nothing to detect on
+                    raise
+                self.skipped += 1
+                continue
+            yield Frame(index, os.path.relpath(path, self.root), image)
+
+    def _video_frames(self) -> Iterator[Frame]:
+        try:
+            if self._pending is not None:
+                frame, self._pending = self._pending, None
+                yield frame
+            while (frame := self._read()) is not None:
+                yield frame
+        finally:
+            self.close()
+
+    def _read(self) -> Frame | None:
+        """The next decodable frame; failures are counted as skipped only when a later frame decodes."""
+        failures = 0
+        while self._capture is not None:
+            index = self._next_index
+            self._next_index += 1
+            ok, bgr = self._capture.read()
+            if ok and bgr is not None:
+                self.skipped += failures
+                return Frame(index, f"frame_{index:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            failures += 1
+            past_end = self.frame_count is not None and self._next_index >= self.frame_count
+            if past_end or failures >= _MAX_CONSECUTIVE_FAILURES:
+                return None
+        return None
+
+
+def open_source(source: str | int | Path) -> Source:
+    """Classify ``source`` and open it; raises DetectorError naming the source when it has nothing to read."""
+    text = str(source).strip()
+    path = Path(text).expanduser()
+    if _URL.match(text):
+        return _open_capture("stream", text, text, _stream_stem(text))
+    if path.is_dir():
+        return _image_source("folder", text, list_images(path), path, path.resolve().name)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_EXTENSIONS:
+            return _image_source("image", text, [path], path.parent, path.stem)
+        if suffix in VIDEO_EXTENSIONS:
+            return _open_capture("video", text, str(path), path.stem)
+        raise DetectorError(f"source {text} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) "
+                            f"nor a video ({', '.join(VIDEO_EXTENSIONS)})")
+    if text.isdigit():
+        return _open_capture("webcam", text, int(text), f"webcam{text}")
+    if _GLOB_MAGIC.search(text):
+        return _glob_source(text)
+    raise DetectorError(f"source {text} does not exist (expected an image, folder, glob, video file, "
+                        "webcam index or stream URL)")
+
+
+def _image_source(kind: str, text: str, paths: list[Path], root: Path, stem: str) -> Source:
+    if not paths:
+        raise DetectorError(f"source {text} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return Source(kind, text, stem, paths=paths, root=root)
+
+
+def _glob_source(pattern: str) -> Source:
+    matches = glob.glob(os.path.expanduser(pattern), recursive=True)
+    paths = sorted(Path(p) for p in matches if Path(p).suffix.lower() in IMAGE_EXTENSIONS and Path(p).is_file())
+    # names are relative to the pattern's fixed prefix, so "a/*/x.jpg" keeps a/1/x.jpg and a/2/x.jpg apart
+    fixed = []
+    for part in Path(os.path.expanduser(pattern)).parts[:-1]:
+        if _GLOB_MAGIC.search(part):
+            break
+        fixed.append(part)
+    root = Path(*fixed) if fixed else Path(".")
+    return _image_source("glob", pattern, paths, root, root.resolve().name or "glob")
+
+
+def _stream_stem(url: str) -> str:
+    tail = [part for part in re.split(r"[/?#:@]+", _URL.sub("", url)) if part]
+    stem = Path(tail[-1]).stem if tail else "stream"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "stream"
+
+
+def _open_capture(kind: str, text: str, target: str | int, stem: str) -> Source:
+    """Open a video, webcam or stream and decode its first frame, so a source without frames fails here."""
+    what = {"video": "video file", "webcam": "webcam", "stream": "stream"}[kind]
+    capture = cv2.VideoCapture(target)
+    if not capture.isOpened():
+        capture.release()
+        raise DetectorError(f"cannot open the {what} {text} "
+                            "(missing device, unreachable address or unsupported format)")
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if kind == "video" else 0
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    source = Source(kind, text, stem, fps=fps if fps and fps > 0 else None,
+                    frame_size=size if min(size) > 0 else None, frame_count=count if count > 0 else None,
+                    _capture=capture)
+    source._pending = source._read()
+    if source._pending is None:
+        source.close()
+        raise DetectorError(f"the {what} {text} has no decodable frames")
+    height, width = source._pending.image.shape[:2]
+    source.frame_size = (width, height)  # the decoded size is the truth; some containers report 0
+    return source
+
+
+class _Failure:
+    """An exception raised in a background thread, carried to the thread that consumes its output."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Prefetcher:
+    """Runs an iterable in a background thread and hands its items over through a bounded queue."""
+
+    def __init__(self, items: Iterable[Any], maxsize: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), name="detector-reader", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=_POLL_S)
+                return True
+        return False
+
+    def _run(self, items: Iterable[Any]) -> None:
+        iterator = None
+        try:
+            iterator = iter(items)
+            for item in iterator:
+                if not self._put(item):
+                    break
+            self._put(_DONE)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the consumer's thread
+            self._put(_Failure(error))
+        finally:
+            if hasattr(iterator, "close"):
+                iterator.close()  # releases the capture even when the consumer stopped early
+
+    def __iter__(self) -> Iterator[Any]:
+        while (item := self._queue.get()) is not _DONE:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class _BackgroundSink:
+    """Feeds items to ``handle`` in a background thread; a failure there is raised by the next `put`."""
+
+    def __init__(self, handle: Callable[[Any], None], maxsize: int) -> None:
+        self._handle = handle
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="detector-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _DONE:
+            try:
+                self._handle(item)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the producer's thread
+                self._error = error
+                return
+
+    def put(self, item: Any) -> None:
+        while True:
+            if self._error is not None:
+                raise self._error
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=_POLL_S)
+                return
+
+    def close(self, discard: bool = False) -> None:
+        """Finish the queued items (or drop them when ``discard``), join the thread, re-raise its failure."""
+        if discard:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
+        while self._error is None and self._thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(_DONE, timeout=_POLL_S)
+                break
+        self._thread.join()
+        if self._error is not None and not discard:
+            raise self._error
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DetectorError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def predict_frames(detector: FramePredictor, source: str | int | Source, batch_size: int = 4,
+                   score_thresh: float | None = None, classes: Sequence[str] | None = None,
+                   max_det: int | None = None) -> Iterator[FrameResult]:
+    """Per-frame detections, boxes (D, 4) xyxy in each frame's pixels, in source order.
+
+    Frames are decoded ahead in a background thread and sent to ``detector.predict_batch`` ``batch_size``
+    at a time. The reader thread is stopped and joined however the iteration ends.
+    """
+    _check_batch_size(batch_size)
+    opened = source if isinstance(source, Source) else open_source(source)
+    prefetcher = _Prefetcher(opened.frames(), maxsize=2 * batch_size)
+    frames = iter(prefetcher)
+    try:
+        # full batches of batch_size, then the remainder; an empty list ends the loop
+        for batch in iter(lambda: list(itertools.islice(frames, batch_size)), []):
+            started = time.perf_counter()
+            detections = detector.predict_batch([frame.image for frame in batch], score_thresh=score_thresh,
+                                                classes=classes, max_det=max_det)
+            share = (time.perf_counter() - started) / len(batch)
+            for frame, frame_detections in zip(batch, detections, strict=True):
+                yield FrameResult(frame.index, frame.name, frame.image, frame_detections, share)
+    finally:
+        prefetcher.close()
+        opened.close()
+
+
+class _ResultWriter:
+    """Draws each FrameResult and writes the annotated image or mp4 frame, JSON entries and CSV rows."""
+
+    def __init__(self, source: Source, out_dir: Path, class_names: Sequence[str], show: bool) -> None:
+        self.source, self.out_dir, self.class_names = source, out_dir, list(class_names)
+        self.video_path = out_dir / f"{source.stem}.mp4" if source.is_video else None
+        self.json_path, self.csv_path = out_dir / "detections.json", out_dir / "detections.csv"
+        self.entries: list[dict] = []
+        self.video: cv2.VideoWriter | None = None
+        # the window is drawn by the calling thread (GUI toolkits want one thread); the writer offers frames
+        self.display: queue.Queue | None = queue.Queue(maxsize=1) if show else None
+        self._csv_file = self.csv_path.open("w", newline="")
+        self._csv = csv.writer(self._csv_file)
+        self._csv.writerow(["frame_or_image", "class", "score", "x1", "y1", "x2", "y2"])
+
+    def write(self, result: FrameResult) -> None:
+        found = result.detections.to("cpu")  # a GPU detector may hand back device tensors
+        annotated = draw_detections(result.image, found.boxes.numpy(), found.labels.numpy(), self.class_names,
+                                    scores=found.scores.numpy())
+        rows = found.to_list()
+        if self.source.is_video:
+            self._write_video_frame(annotated)
+            key: int | str = result.index
+            self.entries.append({"frame": result.index, "detections": rows})
+        else:
+            name = result.name if Path(result.name).suffix.lower() in IMAGE_SUFFIXES else f"{result.name}.png"
+            save_image(self.out_dir / name, annotated)
+            key = result.name
+            self.entries.append({"image": result.name, "detections": rows})
+        self._csv.writerows([key, row["class"], row["score"], *row["box"]] for row in rows)
+        if self.display is not None:
+            with contextlib.suppress(queue.Full):  # a slow window shows fewer frames, never slows the writer
+                self.display.put_nowait(annotated)
+
+    def _write_video_frame(self, annotated: np.ndarray) -> None:
+        width, height = self.source.frame_size or (annotated.shape[1], annotated.shape[0])
+        if self.video is None:
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            self.video = cv2.VideoWriter(str(self.video_path), fourcc, self.source.fps or _DEFAULT_FPS, (width, height))
+            if not self.video.isOpened():
+                raise DetectorError(f"cannot write the annotated video {self.video_path} (OpenCV has no mp4v writer)")
+        if annotated.shape[:2] != (height, width):  # a stream may change resolution mid-way
+            annotated = cv2.resize(annotated, (width, height), interpolation=cv2.INTER_AREA)
+        self.video.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
+
+    def finish(self) -> None:
+        """Close the video and CSV and write the JSON (also after a failure: what was done is kept)."""
+        if self.video is not None:
+            self.video.release()
+        if self.display is not None:
+            cv2.destroyAllWindows()
+        self._csv_file.close()
+        if self.source.is_video:
+            size = list(self.source.frame_size) if self.source.frame_size else None
+            payload = {"source": self.source.location, "fps": self.source.fps, "frame_size": size,
+                       "frames": self.entries}
+        else:
+            payload = {"source": self.source.location, "images": self.entries}
+        self.json_path.write_text(json.dumps(payload))  # compact: an hour of video has 90,000 frame entries
+
+
+@dataclass
+class DetectSummary:
+    """What `run_detection` did: frame and detection counts, speeds, and where the outputs are.
+
+    seconds is end to end (decode, model, drawing, writing); model_seconds only the ``predict_batch`` calls.
+    annotated is the annotated mp4 for video sources, the folder of annotated images otherwise.
+    """
+
+    source: str
+    frames: int
+    skipped_frames: int
+    detections: int
+    seconds: float
+    model_seconds: float
+    out_dir: Path
+    annotated: Path
+    json_path: Path
+    csv_path: Path
+
+    @property
+    def mean_detections(self) -> float:
+        return self.detections / self.frames if self.frames else 0.0
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def model_fps(self) -> float:
+        return self.frames / self.model_seconds if self.model_seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        return (f"{self.source}: {self.frames} frames ({self.skipped_frames} skipped), {self.detections} detections "
+                f"({self.mean_detections:.2f} per frame), {self.fps:.1f} FPS end to end, {self.model_fps:.1f} FPS "
+                f"model only -> {self.out_dir}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready: every field (paths as strings) plus the derived rates."""
+        rates = {"mean_detections": self.mean_detections, "fps": self.fps, "model_fps": self.model_fps}
+        items = {**asdict(self), **rates}.items()
+        return {key: str(v) if isinstance(v, Path) else round(v, 3) if isinstance(v, float) else v for key, v in items}
+
+
+def _prepare_out_dir(out_dir: str | Path | None, stem: str) -> Path:
+    """The folder to write into: a fresh runs/detect/<stem>[-N], or ``out_dir`` if it is new or empty."""
+    if out_dir is None:
+        return new_run_dir("runs/detect", stem)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DetectorError(f"the output folder {out_dir} is a file; expected a new or empty folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise DetectorError(f"the output folder {out_dir} is not empty; choose a new --out "
+                            "(results are never overwritten)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DetectorError(f"cannot create the output folder {out_dir}: {error.strerror}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise DetectorError(f"the output folder {out_dir} is not writable")
+    return out_dir
+
+
+def _display_available() -> bool:
+    """True when a screen exists and this OpenCV build can open windows (the headless wheel cannot)."""
+    screen = sys.platform in ("win32", "darwin") or any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY"))
+    gui = re.search(r"GUI:\s*(\S+)", cv2.getBuildInformation())
+    return screen and gui is not None and gui.group(1).upper() != "NONE"
+
+
+def _show_latest(display: queue.Queue, title: str) -> bool:
+    """Show the newest annotated frame, if any; True when the user pressed q or Esc to stop."""
+    with contextlib.suppress(queue.Empty):
+        cv2.imshow(title, cv2.cvtColor(display.get_nowait(), cv2.COLOR_RGB2BGR))
+    return (cv2.waitKey(1) & 0xFF) in (ord("q"), 27)
+
+
+def _detect_into(writer: _ResultWriter, detector: FramePredictor, source: Source, batch_size: int,
+                 score_thresh: float | None, classes: Sequence[str] | None, max_det: int | None) -> float:
+    """Stream the model's results into the writer thread; returns the seconds spent in ``predict_batch``."""
+    sink, completed, model_seconds = _BackgroundSink(writer.write, maxsize=2 * batch_size), False, 0.0
+    try:
+        results = predict_frames(detector, source, batch_size, score_thresh, classes, max_det)
+        with contextlib.closing(results), tqdm(total=source.total, unit="frame", desc=source.stem) as bar:
+            for result in results:
+                sink.put(result)
+                model_seconds += result.model_seconds
+                bar.update(1)
+                if writer.display is not None and _show_latest(writer.display, f"detector: {source.stem}"):
+                    break
+        completed = True
+    finally:
+        try:
+            sink.close(discard=not completed)  # after a failure, queued frames are dropped, not drawn
+        finally:
+            writer.finish()
+    return model_seconds
+
+
+def run_detection(detector: FramePredictor, source: str | int | Path, out_dir: str | Path | None = None,
+                  classes: Sequence[str] | None = None, score_thresh: float | None = 0.5, max_det: int | None = 100,
+                  batch_size: int = 4, show: bool = False) -> DetectSummary:
+    """Detect on ``source`` and write annotated images or an mp4, detections.json and detections.csv.
+
+    Boxes in the outputs are x1, y1, x2, y2 in the source's pixels. Nothing existing is overwritten.
+    """
+    _check_batch_size(batch_size)
+    opened = open_source(source)
+    try:
+        out = _prepare_out_dir(out_dir, opened.stem)
+        if show and not _display_available():
+            print(_SHOW_NOTE)
+            show = False
+        writer = _ResultWriter(opened, out, detector.class_names, show)
+        started = time.perf_counter()
+        model_seconds = _detect_into(writer, detector, opened, batch_size, score_thresh, classes, max_det)
+    finally:
+        opened.close()
+    found = sum(len(entry["detections"]) for entry in writer.entries)
+    return DetectSummary(opened.location, len(writer.entries), opened.skipped, found, time.perf_counter() - started,
+                         model_seconds, out, writer.video_path or out, writer.json_path, writer.csv_path)

@@ -1,0 +1,103 @@
+"""The command line: subcommands, one-sentence errors with non-zero exit codes, the documented numbers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from detector.cli import main
+
+DETECTOR = str(Path(sys.executable).parent / "detector")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([DETECTOR, *args], capture_output=True, text=True, timeout=600)
+
+
+def assert_one_sentence_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_help_lists_subcommands():
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("train", "eval", "detect", "demo", "info", "convert", "data", "proposals", "export"):
+        assert command in result.stdout
+
+
+def test_kitti_stats_numbers(shared_data):
+    result = run("data", "stats", str(shared_data / "kitti_tiny"), "--format", "kitti")
+    assert result.returncode == 0, result.stderr
+    assert "images: 75" in result.stdout
+    car_row = next(line for line in result.stdout.splitlines() if line.strip().startswith("Car "))
+    assert car_row.split()[1] == "209"
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "voc"])
+def test_drone_stats_numbers(shared_data, fmt):
+    result = run("data", "stats", str(shared_data / "drone_cars"), "--format", fmt)
+    assert result.returncode == 0, result.stderr
+    assert "images: 1055" in result.stdout and "boxes: 4828" in result.stdout
+
+
+def test_malformed_kitti_line_is_one_sentence(tmp_path, shared_data):
+    root = tmp_path / "kitti"
+    (root / "image_2").mkdir(parents=True)
+    (root / "label_2").mkdir()
+    shutil.copy(shared_data / "kitti_tiny/training/image_2/000000.jpeg", root / "image_2" / "000000.jpeg")
+    (root / "label_2" / "000000.txt").write_text("Car 0.00 0 1.0 10 20 30\n")
+    result = run("data", "stats", str(root), "--format", "kitti")
+    assert_one_sentence_error(result, "000000.txt:1")
+
+
+def test_wrong_format_option(tmp_path):
+    assert_one_sentence_error(run("data", "stats", str(tmp_path), "--format", "pascal"), "pascal")
+
+
+def test_info_prints_receptive_fields():
+    result = run("info", "model.weights=none", "--input-size", "320", "320")
+    assert result.returncode == 0, result.stderr
+    assert "receptive" in result.stdout.lower() or "RF" in result.stdout
+    assert "GFLOP" in result.stdout
+
+
+def test_missing_checkpoint(tmp_path):
+    assert_one_sentence_error(run("detect", str(tmp_path / "nope.pt"), str(tmp_path)), "checkpoint not found")
+
+
+def test_not_a_checkpoint(tmp_path):
+    fake = tmp_path / "fake.pt"
+    fake.write_text("definitely not a checkpoint")
+    assert_one_sentence_error(run("eval", str(fake), str(tmp_path), "--format", "coco"), "not a detector checkpoint")
+
+
+def test_dataset_classes_do_not_match_checkpoint(tiny_checkpoint, shared_data):
+    result = run("eval", str(tiny_checkpoint), str(shared_data / "kitti_tiny"), "--format", "kitti")
+    assert_one_sentence_error(result, "does not match the classes of checkpoint")
+
+
+def test_unreadable_video(tiny_checkpoint, tmp_path):
+    video = tmp_path / "broken.mp4"
+    video.write_bytes(b"\x00" * 1000)
+    assert_one_sentence_error(run("detect", str(tiny_checkpoint), str(video), "--out", str(tmp_path / "o")), "broken.mp4")
+
+
+def test_unwritable_output_folder(tiny_checkpoint, tmp_path, shared_data):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    image = shared_data / "kitti_tiny/training/image_2/000001.jpeg"
+    assert_one_sentence_error(run("detect", str(tiny_checkpoint), str(image), "--out", str(blocker / "out")), str(blocker))
+
+
+def test_in_process_main_returns_exit_code(tmp_path, capsys):
+    assert main(["data", "stats", str(tmp_path / "missing"), "--format", "kitti"]) == 2
+    assert "error:" in capsys.readouterr().err
