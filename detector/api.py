@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from detector.data.transforms import build_transform
 from detector.detector import FastRCNN, build_detector
 from detector.engine import resolve_device
 from detector.structures import Detections, DetectorError
+
+if TYPE_CHECKING:
+    from detector.video import FrameResult
 
 ImageInput = str | Path | np.ndarray
 
@@ -88,8 +91,8 @@ class Detector:
         return detections.filter(torch.arange(min(len(detections), max_det))) if max_det is not None else detections
 
     def predict_video(self, source: str | int, batch_size: int = 4, score_thresh: float | None = None,
-                      classes: Sequence[str] | None = None, max_det: int | None = None) -> Iterator["FrameResult"]:
+                      classes: Sequence[str] | None = None, max_det: int | None = None) -> Iterator[FrameResult]:
         """Per-frame results for a video file, webcam index or stream URL (frames batched for throughput)."""
-        from detector.video import FrameResult, predict_frames  # noqa: F401  (FrameResult for the annotation)
+        from detector.video import predict_frames
 
         yield from predict_frames(self, source, batch_size, score_thresh, classes, max_det)

@@ -16,6 +16,7 @@ import torch
 
 from detector import video
 from detector.structures import Detections, DetectorError
+from detector import sources
 from detector.video import open_source, predict_frames, run_detection
 
 WIDTH, HEIGHT, FPS, FRAMES = 64, 48, 10.0, 12
@@ -310,7 +311,7 @@ def test_early_stop_waits_for_a_busy_reader(tmp_path: Path, monkeypatch) -> None
     # a slow decoder keeps the reader busy when the consumer stops: closing must still join it
     for index in range(6):
         write_image(tmp_path / "images" / f"{index}.png")
-    monkeypatch.setattr(video, "load_image", lambda path: time.sleep(0.2) or cv2.imread(str(path))[:, :, ::-1])
+    monkeypatch.setattr(sources, "load_image", lambda path: time.sleep(0.2) or cv2.imread(str(path))[:, :, ::-1])
     results = predict_frames(FakeDetector(), str(tmp_path / "images"), batch_size=1)
     assert next(results).name == "0.png"
     results.close()
