@@ -27,7 +27,7 @@ from detector import distributed as dist
 from detector.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from detector.config import Config
 from detector.data.build import build_datasets
-from detector.data.dataset import DetectionDataset, collate_samples
+from detector.data.dataset import DetectionDataset, collate_samples, seed_worker
 from detector.data.transforms import build_transform
 from detector.detector import FastRCNN, build_detector
 from detector.evaluation import COCOEvaluator, EvalResult
@@ -109,7 +109,7 @@ def resolve_device(name: str) -> torch.device:
 def make_loader(dataset: DetectionDataset, batch_size: int, sampler: Sampler | None, workers: int) -> DataLoader:
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_samples,
-        persistent_workers=False, pin_memory=False,
+        worker_init_fn=seed_worker,
     )
 
 
