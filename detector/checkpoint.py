@@ -27,9 +27,9 @@ def package_versions() -> dict[str, str]:
     import detector
 
     return {
-        "detector": getattr(detector, "__version__", "0"),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "detector": str(getattr(detector, "__version__", "0")),
+        "torch": str(torch.__version__),  # TorchVersion is not a weights-only-safe type
+        "torchvision": str(torchvision.__version__),
         "python": platform.python_version(),
     }
 

@@ -75,7 +75,10 @@ class EpochSampler(Sampler[int]):
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """All RNG states, as tensors and plain values so `torch.load(weights_only=True)` can read them."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": list(random.getstate())}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -83,8 +86,10 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -288,7 +293,7 @@ class Trainer:
                 self._optimizer_step()
                 if self.step % train.log_every == 0:
                     row = {k: float(v.detach()) for k, v in losses.items()}
-                    self.logger.log(self.step, epoch=self.epoch, loss=float(loss), lr=self.optimizer.param_groups[0]["lr"], **row)
+                    self.logger.log(self.step, epoch=self.epoch, loss=float(loss.detach()), lr=self.optimizer.param_groups[0]["lr"], **row)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
             if self.stop_signal is not None:
                 checkpoint = self.save("last.pt")
