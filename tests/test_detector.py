@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,32 +38,36 @@ GOLDEN = {"rpn_objectness": 0.6948995, "rpn_box": 0.00082222640, "roi_cls": 0.69
 def test_golden_losses(tiny_images, tiny_targets):
     model = _build("model.weights=none", seed=1234).train()
     torch.manual_seed(99)
-    losses = {k: float(v) for k, v in model(list(tiny_images), tiny_targets).items()}
+    losses = {k: float(v.detach()) for k, v in model(list(tiny_images), tiny_targets).items()}
     for key, expected in GOLDEN.items():
         assert losses[key] == pytest.approx(expected, rel=1e-4, abs=1e-6), key
 
 
 @pytest.mark.parametrize("mode, grid", [("partition", [2, 3]), ("align", [7, 7])])
 def test_overfits_two_images(mode, grid):
-    """Two synthetic scenes, 200 steps: loss falls 10x and every box is found at IoU >= 0.7."""
-    rng = __import__("numpy").random.default_rng(5)
-    scenes = [render_scene(rng, size=(128, 160), view=view) for view in ("topdown", "driver")]
-    scenes = [s for s in scenes if len(s.boxes)] or pytest.fail("the scenes need cars")
+    """Two synthetic scenes, 200 steps: the training loss falls 10x and every box is found at IoU >= 0.7."""
+    rng = np.random.default_rng(5)
+    scenes = [render_scene(rng, size=(256, 320), view=view) for view in ("topdown", "driver")]
+    assert all(len(s.boxes) for s in scenes), "the scenes need cars"
     images = [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in scenes]
-    targets = [Targets(s.boxes, torch.ones(len(s.boxes)), (128, 160), s.ignore) for s in scenes]
-    model = _build("model.freeze_stages=2", f"model.roi_pool_mode={mode}", f"model.roi_output_size={grid}",
-                   "model.anchor_sizes=[16,32,64,128]", seed=0).train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    first = last = None
-    for step in range(200):
-        losses = model(images, targets)
-        loss = sum(losses.values())
+    targets = [Targets(s.boxes, torch.ones(len(s.boxes)), (256, 320), s.ignore) for s in scenes]
+    torch.manual_seed(0)
+    model = build_detector(load_config(None, [
+        "model.rpn_post_nms_top_n_train=64", "model.roi_batch_per_image=32", "model.freeze_stages=2",
+        f"model.roi_pool_mode={mode}", f"model.roi_output_size={grid}", "model.anchor_sizes=[16,32,64,128]",
+    ])).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 200)
+    history = []
+    for _ in range(200):
+        loss = sum(model(images, targets).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        first = float(loss) if step == 0 else first
-        last = float(loss)
-    assert last < first / 10, (first, last)
+        schedule.step()
+        history.append(float(loss.detach()))
+    final = sum(history[-10:]) / 10  # ROI sampling is random each step: average out its noise
+    assert final < history[0] / 10, (history[0], final)
     model.eval()
     for detections, target in zip(model.predict(images), targets):
         assert len(detections), "no detections"

@@ -1,0 +1,389 @@
+"""Real-data benchmark: our Fast R-CNN against torchvision's FasterRCNN (scripts/peer.py), plus ablations of ours.
+
+    python scripts/benchmark.py --config configs/drone_cars.yaml --budget-min 45 --rows ours,peer,ablations \
+        --out docs/benchmarks/drone
+    python scripts/benchmark.py --config configs/drone_cars.yaml --budget-min 1 --rows ours,peer --max-images 40 \
+        --out runs/bench/smoke                                                   # a few-minute smoke run
+
+Every row trains from the same config on the same split, input size, backbone and wall-clock budget
+(``train.time_budget_min``: training stops at the end of the first epoch finishing after the budget; validation
+only runs once, at the end, so the budget is spent on training alone), then is measured the same way:
+
+- accuracy: COCO AP, AP50, AP75, APs/m/l from `detector.evaluation.COCOEvaluator` on the validation split;
+- train s/iter: mean seconds per optimizer step (data loading included), leaving out the first step of every
+  epoch (loader start-up, checkpointing) and the first ``WARMUP_STEPS`` steps;
+- inference: median ms per image at batch 1 with ``torch.set_num_threads(2)`` over at least ``TIMED_IMAGES``
+  validation images after ``WARMUP_IMAGES`` untimed ones, and the peak resident memory of that process. It runs in
+  a fresh (spawned) process holding only that model, so the figure is not the training process's peak.
+
+Rows (``--rows``, comma separated, groups or row names): ``ours``, ``peer``, ``ablations`` (all of these groups:
+``roi_pool``, ``proposals``, ``frozen_bn``, ``augment``, ``weights``). A row whose resolved config equals a row
+already measured here (e.g. ``frozen_bn=true`` is ``ours`` for drone_cars) reuses its figures. Results merge into
+``--out``/results.json by row name, so groups can be run separately; results.md is rewritten from all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import multiprocessing
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+
+# scripts/ is on sys.path when this file runs as a script, so its sibling imports by name
+from peer import evaluate_peer, peer_from_config, predict_peer, train_peer
+
+from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
+from detector.config import Config, apply_overrides, config_from_dict, load_config
+from detector.data.build import build_datasets
+from detector.data.images import load_image
+from detector.data.transforms import build_transform
+from detector.detector import build_detector
+from detector.engine import Trainer
+from detector.runs import json_safe, new_run_dir, read_metrics
+from detector.structures import Dataset, DetectorError
+
+WARMUP_STEPS = 5  # first optimizer steps left out of s/iter: allocator and thread-pool warm-up
+WARMUP_IMAGES = 3  # untimed inference calls before timing
+TIMED_IMAGES = 20  # timed inference calls (the median is reported)
+INFERENCE_THREADS = 2
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+RUNS_DIR = "runs/bench"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: which model, which group, and the config overrides that make it."""
+
+    name: str
+    kind: str  # ours | peer
+    group: str
+    overrides: tuple[str, ...] = ()
+    needs_ximgproc: bool = False
+
+
+def _ablation_rows() -> list[Row]:
+    rows = [
+        Row(f"roi={mode} {r}x{c}", "ours", "roi_pool", (f"model.roi_pool_mode={mode}", f"model.roi_output_size=[{r},{c}]"))
+        for mode in ("partition", "torchvision", "align") for r, c in ((2, 3), (7, 7))
+    ]
+    rows += [Row("proposals=selective_search", "ours", "proposals", ("model.proposals=selective_search",), True),
+             Row("proposals=rpn", "ours", "proposals", ("model.proposals=rpn",))]
+    rows += [Row(f"frozen_bn={v}", "ours", "frozen_bn", (f"model.frozen_bn={v}",)) for v in ("true", "false")]
+    rows += [Row(f"augment={v}", "ours", "augment", (f"augment.enabled={v}",)) for v in ("true", "false")]
+    rows += [Row(f"weights={v}", "ours", "weights", (f"model.weights={v}",)) for v in ("imagenet", "none")]
+    return rows
+
+
+ROWS = [Row("ours", "ours", "ours"), Row("peer", "peer", "peer"), *_ablation_rows()]
+
+
+def select_rows(spec: str) -> list[Row]:
+    """``"ours,peer,ablations"`` -> rows in table order; a group name selects all its rows."""
+    wanted = {part.strip() for part in spec.split(",") if part.strip()}
+    known = {row.name for row in ROWS} | {row.group for row in ROWS} | {"ablations"}
+    unknown = sorted(wanted - known)
+    if unknown or not wanted:
+        groups = sorted({row.group for row in ROWS} | {"ablations"})
+        raise DetectorError(f"--rows has unknown entries {unknown}; expected row names or groups: {', '.join(groups)}")
+    ablation = {"ablations"} & wanted
+    return [r for r in ROWS if r.name in wanted or r.group in wanted or (ablation and r.kind == "ours" and r.group != "ours")]
+
+
+def _evenly_spaced(dataset: Dataset, count: int) -> list[str]:
+    """File names of ``count`` records spread over the whole split (so every block of the split is represented)."""
+    indices = np.unique(np.linspace(0, len(dataset.records) - 1, num=min(count, len(dataset.records))).round().astype(int))
+    return [dataset.records[i].image_path.name for i in indices]
+
+
+def limit_images(config: Config, max_images: int) -> None:
+    """Restrict both splits to at most ``max_images`` images each, by exact file-name filters in the config
+    (so the Trainer, the peer and the saved config.yaml all see the same subsets)."""
+    if config.data.format == "synthetic":
+        config.data.synthetic_train_images = min(config.data.synthetic_train_images, max_images)
+        config.data.synthetic_val_images = min(config.data.synthetic_val_images, max_images)
+        return
+    if not config.data.val_filter:
+        raise DetectorError("--max-images needs a config whose validation split is chosen by data.val_filter")
+    train, val = build_datasets(config)
+    exact = lambda names: "^(" + "|".join(re.escape(name) for name in names) + ")$"
+    config.data.val_filter = exact(_evenly_spaced(val, max_images))
+    config.data.train_filter = exact(_evenly_spaced(train, max_images))
+
+
+def row_config(args: argparse.Namespace, row: Row) -> Config:
+    """The base config + ``--set`` overrides + the row's overrides + the benchmark's budget and run folder."""
+    config = load_config(args.config, [*args.set, *row.overrides])
+    slug = re.sub(r"[^A-Za-z0-9_]+", "-", f"{Path(args.config).stem}-{row.name}").strip("-")
+    fixed = [f"train.time_budget_min={args.budget_min}", "train.eval_every=0", f"train.output_dir={RUNS_DIR}",
+             f"train.name={slug}"]
+    config = apply_overrides(config, fixed)
+    if args.max_images:
+        limit_images(config, args.max_images)
+    return config
+
+
+def config_key(kind: str, config: Config) -> str:
+    """Identity of a training run: the model kind and the resolved config, without its run folder name."""
+    values = config.to_dict()
+    values["train"].pop("name")
+    return hashlib.sha1(json.dumps([kind, values], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def mean_step_seconds(per_epoch: list[list[float]], warmup: int = WARMUP_STEPS) -> tuple[float | None, int]:
+    """Mean of the step times without each epoch's first step and the first ``warmup`` steps; (mean, steps used)."""
+    steady = [s for epoch in per_epoch for s in epoch[1:]]
+    steady = steady[warmup:] if len(steady) > warmup else steady
+    return (statistics.fmean(steady) if steady else None), len(steady)
+
+
+class StepClock:
+    """Optimizer post-step hook recording the seconds between steps of a `Trainer`, per epoch."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer, self.per_epoch, self.epoch = trainer, [], -1
+        self.last = time.perf_counter()
+        trainer.optimizer.register_step_post_hook(self)
+
+    def __call__(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        now = time.perf_counter()
+        if self.trainer.epoch != self.epoch:
+            self.per_epoch.append([])
+            self.epoch = self.trainer.epoch
+        self.per_epoch[-1].append(now - self.last)
+        self.last = now
+
+
+def train_ours(config: Config) -> dict[str, Any]:
+    """Train ours with the engine; accuracy is the Trainer's own end-of-training validation."""
+    trainer = Trainer(config)
+    clock = StepClock(trainer)
+    started = time.monotonic()
+    run_dir = trainer.fit()
+    train_seconds = time.monotonic() - started
+    scored = [row for row in read_metrics(run_dir / "metrics.jsonl") if "AP" in row]
+    if not scored:
+        raise DetectorError(f"{run_dir}/metrics.jsonl has no validation row; the run did not finish its evaluation")
+    weights = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+    return _training_summary(scored[-1], clock.per_epoch, train_seconds, run_dir, weights)
+
+
+def train_and_score_peer(config: Config, budget_min: float) -> dict[str, Any]:
+    """Train the peer on the same data and budget and score it with the same evaluator."""
+    datasets = build_datasets(config)
+    run = train_peer(config, budget_min, datasets)
+    metrics = evaluate_peer(run.model, datasets[1], config).result.metrics
+    run_dir = new_run_dir(config.train.output_dir, config.train.name)
+    config.save(run_dir / "config.yaml")
+    torch.save(run.model.state_dict(), run_dir / "peer.pt")
+    return _training_summary(metrics, run.iteration_seconds, run.train_seconds, run_dir, run_dir / "peer.pt")
+
+
+def _training_summary(metrics: dict, per_epoch: list[list[float]], seconds: float, run_dir: Path,
+                      weights: Path) -> dict[str, Any]:
+    step_seconds, steps_timed = mean_step_seconds(per_epoch)
+    return {
+        **{name: metrics.get(name) for name in METRICS},
+        "train_s_per_iter": step_seconds, "steps_timed": steps_timed,
+        "iterations": sum(len(epoch) for epoch in per_epoch), "epochs": len(per_epoch),
+        "train_seconds": round(seconds, 1), "run_dir": str(run_dir), "weights": str(weights),
+    }
+
+
+def peak_rss_mib() -> tuple[float, str]:
+    """This process's peak resident memory in MiB and where it was read.
+
+    /proc/self/status VmHWM comes first: getrusage's ru_maxrss survives exec, so a spawned child would report
+    its parent's (the training process's) peak instead of its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024, "VmHWM"
+    except OSError:
+        pass
+    import resource  # POSIX only
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ru_maxrss"
+
+
+def _load_model(kind: str, config: Config, weights: str) -> tuple[torch.nn.Module, Any]:
+    """The trained model and a ``predict(images, original_sizes)`` for it."""
+    if kind == "peer":
+        model = peer_from_config(config, pretrained=False)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        names = list(config.model.class_names)
+        return model.eval(), lambda images, sizes: predict_peer(model, images, sizes, names)
+    payload = load_checkpoint(weights)
+    model = build_detector(checkpoint_config(payload, weights), pretrained=False)
+    load_model_state(model, payload["model"], weights)
+    return model.eval(), model.predict
+
+
+def measure_inference(kind: str, config_values: dict, weights: str, image_paths: list[str]) -> dict[str, Any]:
+    """Batch-1 CPU latency and peak memory of one trained model; runs in its own spawned process."""
+    torch.set_num_threads(INFERENCE_THREADS)
+    config = config_from_dict(config_values)
+    _, predict = _load_model(kind, config, weights)
+    transform = build_transform(None, config.data.max_size, train=False)
+    empty_boxes, empty_labels = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+    inputs = []
+    for path in image_paths:
+        image = load_image(path)
+        resized = transform(image, empty_boxes, empty_labels, empty_boxes).image
+        # (h, w, 3) uint8 -> (3, h, w) float32 in [0, 1]
+        inputs.append((torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float() / 255, image.shape[:2]))
+    timings = []
+    for call in range(WARMUP_IMAGES + max(TIMED_IMAGES, len(inputs))):
+        tensor, original = inputs[call % len(inputs)]
+        started = time.perf_counter()
+        predict([tensor], [original])
+        if call >= WARMUP_IMAGES:
+            timings.append((time.perf_counter() - started) * 1000)
+    rss, source = peak_rss_mib()
+    height, width = inputs[0][0].shape[-2:]
+    return {"infer_ms_per_image": statistics.median(timings), "images_timed": len(timings),
+            "input_size": f"{width}x{height}", "peak_rss_mib": round(rss, 1), "rss_source": source}
+
+
+def measure_in_child(kind: str, config: Config, weights: str, image_paths: list[str]) -> dict[str, Any]:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure_inference, (kind, config.to_dict(), weights, image_paths))
+
+
+def run_row(row: Row, config: Config, budget_min: float) -> dict[str, Any]:
+    """Train, evaluate and time one row."""
+    print(f"\n=== {row.name}: {' '.join(row.overrides) or 'the config as is'} ===", flush=True)
+    summary = train_and_score_peer(config, budget_min) if row.kind == "peer" else train_ours(config)
+    _, val = build_datasets(config)
+    paths = [str(record.image_path) for record in val.records[:TIMED_IMAGES]]
+    summary.update(measure_in_child(row.kind, config, summary["weights"], paths))
+    return summary
+
+
+def _fmt(value: Any, digits: int) -> str:
+    """A table cell; undefined COCO metrics (NaN, e.g. APl without large objects) read n/a."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+COLUMNS = [(m, m, 3) for m in METRICS] + [
+    ("train s/iter", "train_s_per_iter", 2), ("iters", "iterations", 0), ("infer ms/img", "infer_ms_per_image", 1),
+    ("peak RSS MiB", "peak_rss_mib", 0),
+]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The Markdown table: one line per row, then ours / peer ratios when both were measured."""
+    lines = ["| row | " + " | ".join(c[0] for c in COLUMNS) + " | notes |", "|---" * (len(COLUMNS) + 2) + "|"]
+    for row in rows:
+        cells = [row["name"]] + [_fmt(row.get(key), digits) for _, key, digits in COLUMNS] + [row.get("note", "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    by_name = {row["name"]: row for row in rows}
+    ours, peer = by_name.get("ours", {}), by_name.get("peer", {})
+    if ours.get("AP") is not None and peer.get("AP") is not None:
+        ratios = [_fmt(ours[k] / peer[k] if ours.get(k) is not None and peer.get(k) else None, 2) for _, k, _ in COLUMNS]
+        lines.append("| **ours / peer** | " + " | ".join(ratios) + " | ratio |")
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "opencv": cv2.__version__, "cpu": platform.processor() or platform.machine(),
+            "cpu_count": multiprocessing.cpu_count(), "inference_threads": INFERENCE_THREADS}
+
+
+def write_report(out: Path, results: dict[str, Any]) -> str:
+    """Write results.json and results.md under ``out``; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    order = {row.name: index for index, row in enumerate(ROWS)}
+    rows = sorted(results["rows"].values(), key=lambda r: order.get(r["name"], len(order)))
+    budgets = sorted({str(r.get("budget_min")) for r in rows if "budget_min" in r})
+    markdown = "\n".join([
+        f"# Benchmark: {results['config']}", "",
+        (f"Wall-clock training budget per row: {', '.join(budgets)} min. Same split, input size, backbone and budget "
+         "for every row; AP on the validation split; inference at batch 1 on CPU with "
+         f"{INFERENCE_THREADS} threads (median); peak RSS of a process holding only that model."), "",
+        format_table(rows), "", "Commands:", "",
+        *[f"    {command}" for command in results["commands"]], "",
+        "Environment: " + ", ".join(f"{k} {v}" for k, v in results["environment"].items()), "",
+    ])
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=2))
+    (out / "results.md").write_text(markdown)
+    return markdown
+
+
+def _load_results(out: Path, config_path: str) -> dict[str, Any]:
+    path = out / "results.json"
+    if path.is_file():
+        results = json.loads(path.read_text())
+        if results.get("config") == config_path:
+            return results
+    return {"config": config_path, "rows": {}, "commands": []}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark ours against torchvision's FasterRCNN, and ablations.")
+    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/drone_cars.yaml")
+    parser.add_argument("--budget-min", type=float, default=45.0, help="wall-clock training minutes per row")
+    parser.add_argument("--rows", default="ours,peer", help="comma-separated groups or row names (see module doc)")
+    parser.add_argument("--out", default=None, help="results folder (default docs/benchmarks/<config name>)")
+    parser.add_argument("--max-images", type=int, default=0, help="cap each split at this many images (smoke runs)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every row")
+    args = parser.parse_args(argv)
+    if args.budget_min <= 0 or args.max_images < 0:
+        parser.error("--budget-min must be positive and --max-images non-negative")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    print(f"command: {command}", flush=True)
+    try:
+        rows = select_rows(args.rows)
+        out = Path(args.out or f"docs/benchmarks/{Path(args.config).stem}")
+        results = _load_results(out, args.config)
+        results["commands"] = [*results["commands"], command]
+        results["environment"] = environment()
+        for row in rows:
+            results["rows"][row.name] = _measure_or_reuse(row, args, results["rows"])
+            write_report(out, results)  # after every row, so a long benchmark keeps what it finished
+        markdown = write_report(out, results)
+    except DetectorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n" + markdown)
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
+def _measure_or_reuse(row: Row, args: argparse.Namespace, done: dict[str, dict]) -> dict[str, Any]:
+    """Measure a row, or copy the figures of another row with the same resolved config and budget."""
+    base = {"name": row.name, "kind": row.kind, "overrides": list(row.overrides), "budget_min": args.budget_min,
+            "max_images": args.max_images}
+    if row.needs_ximgproc and getattr(cv2, "ximgproc", None) is None:
+        return {**base, "note": "skipped: cv2.ximgproc is missing (OpenCV contrib; `make selective-search`)"}
+    config = row_config(args, row)
+    key = config_key(row.kind, config)
+    twin = next((r for name, r in done.items() if name != row.name and r.get("key") == key and "AP" in r), None)
+    if twin is not None:
+        copied = {k: v for k, v in twin.items() if k not in base and k != "note"}
+        return {**copied, **base, "key": key, "note": f"same config as {twin['name']}"}
+    return {**base, "key": key, **run_row(row, config, args.budget_min)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

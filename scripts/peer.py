@@ -1,0 +1,276 @@
+"""The benchmark's peer: torchvision's FasterRCNN on our own ImageNet-initialized backbone.
+
+Everything that is not the detector design under test is shared with ours, so the comparison measures the
+detector and not the plumbing: the same `detector.backbone.build_backbone` (EfficientNet-Lite0, frozen stages,
+frozen BN), the same datasets, augmentations, input size, batch order, SGD schedule (`detector.optim`),
+gradient clipping and wall-clock budget rule, and the same `detector.evaluation.COCOEvaluator` on the same
+validation images. The rest is torchvision's: its RPN and ROI heads with their defaults, a TwoMLPHead and
+RoIAlign 7x7 on the single stride-16 map, anchors of the config's sizes and ratios on that one level.
+
+Input size. torchvision's `GeneralizedRCNNTransform` rescales every image by
+``min(min_size / shorter_side, max_size / longer_side)``. Our transforms already resize the longer side to
+``data.max_size``, so with ``min_size = max_size = data.max_size`` that factor is exactly 1 and the peer sees
+the very pixels ours sees (`transformed_size` checks it; `train_peer` refuses to run otherwise).
+
+Boxes are (N, 4) float32 absolute-pixel ``x1, y1, x2, y2`` throughout; torchvision's labels include background
+(0), so the peer has ``num_classes + 1`` outputs and its foreground labels 1..K are ours unchanged.
+
+    python scripts/benchmark.py --config configs/drone_cars.yaml --rows peer   # trains and scores the peer
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import MultiScaleRoIAlign
+from tqdm import tqdm
+
+from detector.backbone import Backbone, build_backbone
+from detector.config import Config
+from detector.data.build import build_datasets
+from detector.data.dataset import DetectionDataset, SampleBatch
+from detector.data.transforms import build_transform
+from detector.engine import (
+    EpochSampler,
+    EvalOutput,
+    make_loader,
+    resolve_device,
+    seed_everything,
+)
+from detector.evaluation import COCOEvaluator
+from detector.optim import build_optimizer, build_scheduler
+from detector.structures import Dataset, Detections, DetectorError, Targets
+
+__all__ = [
+    "FeatureMap",
+    "PeerRun",
+    "build_peer",
+    "evaluate_peer",
+    "peer_from_config",
+    "predict_peer",
+    "to_torchvision_targets",
+    "train_peer",
+    "transformed_size",
+]
+
+
+class FeatureMap(nn.Module):
+    """Our `Backbone` with torchvision's backbone contract: ``out_channels`` and an OrderedDict of maps.
+
+    forward: (N, 3, H, W) normalized images -> {"0": (N, out_channels, H / 16, W / 16)}.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        if len(backbone.strides) != 1:
+            raise DetectorError(
+                f"the peer uses one feature map, but the backbone has strides {backbone.strides}; build it with fpn=False"
+            )
+        self.body = backbone
+        self.out_channels = backbone.out_channels
+
+    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        return OrderedDict([("0", self.body(images)[0])])
+
+
+def build_peer(
+    num_classes: int,
+    max_size: int,
+    *,
+    anchor_sizes: Sequence[float] = (32.0, 64.0, 128.0, 256.0),
+    anchor_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    backbone: str = "efficientnet_lite0",
+    weights: str = "imagenet",
+    freeze_stages: int = 2,
+    frozen_bn: bool = True,
+) -> FasterRCNN:
+    """torchvision's FasterRCNN for ``num_classes`` foreground classes on our stride-16 backbone.
+
+    Inputs of longest side ``max_size`` are not resized again (min_size = max_size = ``max_size``); pixels are
+    normalized with the backbone's own ``pixel_mean`` / ``pixel_std``. Anchors: every size with every
+    ratio (height / width) on the one level. Everything else keeps torchvision's defaults.
+    """
+    if num_classes < 1 or max_size < 1:
+        raise DetectorError(f"build_peer needs num_classes >= 1 and max_size >= 1, got {num_classes} and {max_size}")
+    body = build_backbone(backbone, weights=weights, freeze_stages=freeze_stages, frozen_bn=frozen_bn)
+    anchors = AnchorGenerator(sizes=(tuple(float(s) for s in anchor_sizes),),
+                              aspect_ratios=(tuple(float(r) for r in anchor_ratios),))
+    return FasterRCNN(
+        FeatureMap(body),
+        num_classes=num_classes + 1,  # torchvision counts background as class 0
+        min_size=max_size,
+        max_size=max_size,
+        image_mean=list(body.pixel_mean),
+        image_std=list(body.pixel_std),
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2),
+    )
+
+
+def peer_from_config(config: Config, pretrained: bool = True) -> FasterRCNN:
+    """`build_peer` with the backbone, anchors, classes and input size of ``config`` (ours reads the same keys)."""
+    model = config.model
+    if model.fpn:
+        raise DetectorError("config key 'model.fpn' must be false for the peer, which uses one stride-16 map")
+    return build_peer(
+        len(model.class_names),
+        config.data.max_size,
+        anchor_sizes=model.anchor_sizes,
+        anchor_ratios=model.anchor_ratios,
+        backbone=model.backbone,
+        weights=model.weights if pretrained else "none",
+        freeze_stages=model.freeze_stages,
+        frozen_bn=model.frozen_bn,
+    )
+
+
+@torch.no_grad()
+def transformed_size(model: FasterRCNN, image_size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) that torchvision's transform turns an image of ``image_size`` into (before padding)."""
+    image = torch.zeros(3, *image_size, device=next(model.parameters()).device)
+    batch, _ = model.transform([image])
+    return tuple(batch.image_sizes[0])
+
+
+def _check_no_resize(model: FasterRCNN, max_size: int) -> None:
+    """The fairness condition: the peer must see the same input pixels as ours, so no second resize."""
+    for size in ((max_size, max_size), (max(1, max_size // 3), max_size)):
+        if transformed_size(model, size) != size:
+            raise DetectorError(
+                f"the peer's transform resizes a {size[1]}x{size[0]} input to {transformed_size(model, size)}; "
+                f"its min_size and max_size must both equal data.max_size ({max_size})"
+            )
+
+
+def to_torchvision_targets(targets: list[Targets], device: torch.device | str) -> list[dict[str, Tensor]]:
+    """Our `Targets` -> torchvision's {"boxes": (M, 4) xyxy, "labels": (M,) int64} (ignore regions are
+    dropped: torchvision has no notion of them)."""
+    return [{"boxes": t.boxes.to(device), "labels": t.labels.to(device)} for t in targets]
+
+
+def predict_peer(model: FasterRCNN, images: list[Tensor], original_sizes: list[tuple[int, int]],
+                 class_names: list[str]) -> list[Detections]:
+    """Run the peer in eval mode on (3, h, w) images in [0, 1] and return `Detections` in original pixels.
+
+    torchvision returns boxes in the pixels of the images it was given (the resized inputs); they are scaled
+    by original / input size per axis, exactly as `FastRCNN.postprocess` does for ours.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        outputs = model([image.to(device) for image in images])
+    detections = []
+    for output, image, (orig_h, orig_w) in zip(outputs, images, original_sizes):
+        h, w = image.shape[-2:]
+        scale = torch.tensor([orig_w / w, orig_h / h, orig_w / w, orig_h / h], device=output["boxes"].device)
+        detections.append(Detections(output["boxes"] * scale, output["scores"], output["labels"], list(class_names)))
+    return detections
+
+
+def evaluate_peer(model: FasterRCNN, val_dataset: Dataset, config: Config, progress: bool = True) -> EvalOutput:
+    """COCO metrics of the peer on ``val_dataset``, computed exactly as `detector.engine.evaluate` does for ours:
+    same eval transform, batch size and `COCOEvaluator`, ground truth from the original records."""
+    data = DetectionDataset(val_dataset, build_transform(None, config.data.max_size, train=False))
+    loader = make_loader(data, config.eval.batch_size, None, min(config.data.num_workers, 2))
+    evaluator = COCOEvaluator(list(config.model.class_names))
+    records = {r.image_id: r for r in val_dataset.records}
+    for batch in tqdm(loader, desc="eval peer", unit="batch", disable=not progress, leave=False):
+        detections = predict_peer(model, batch.images, batch.original_sizes, list(config.model.class_names))
+        originals = [records[i] for i in batch.image_ids]
+        targets = [Targets(r.boxes, r.labels, (r.height, r.width), r.ignore) for r in originals]
+        evaluator.process(batch.image_ids, targets, [d.to("cpu") for d in detections])
+    return EvalOutput(evaluator.evaluate(), evaluator, {})
+
+
+@dataclass
+class PeerRun:
+    """A finished peer training: the model and, per epoch, the seconds of every optimizer step
+    (data loading included; the first step of an epoch also holds the loader's start-up)."""
+
+    model: FasterRCNN
+    iteration_seconds: list[list[float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    last_losses: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def iterations(self) -> int:
+        return sum(len(epoch) for epoch in self.iteration_seconds)
+
+
+def _step(model: FasterRCNN, batch: SampleBatch, device: torch.device, scale: float) -> dict[str, Tensor]:
+    """Forward + backward of one batch; the loss is divided by ``scale`` for gradient accumulation."""
+    images = [image.to(device) for image in batch.images]
+    losses = model(images, to_torchvision_targets(batch.targets, device))
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        values = {k: round(float(v), 4) for k, v in losses.items()}
+        raise DetectorError(f"the peer's loss became non-finite ({values}); lower train.lr")
+    (loss / scale).backward()
+    return losses
+
+
+def _optimizer_step(model: FasterRCNN, optimizer: torch.optim.Optimizer, scheduler: LRScheduler, clip: float) -> None:
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+
+
+def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Dataset] | None = None,
+               progress: bool = True) -> PeerRun:
+    """Train the peer like `detector.engine.Trainer` trains ours: same data, augmentation, batch order,
+    optimizer, schedule (over ``train.epochs``) and clipping; stop at the end of the first epoch that
+    finishes after ``budget_min`` minutes of wall clock (0 = no budget), as `train.time_budget_min` does."""
+    train = config.train
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    seed_everything(train.seed, train.deterministic)
+    device = resolve_device(train.device)
+    train_set, _ = datasets or build_datasets(config)
+    model = peer_from_config(config).to(device)
+    _check_no_resize(model, config.data.max_size)
+    data = DetectionDataset(train_set, build_transform(config.augment, config.data.max_size, train=True), seed=train.seed)
+    sampler = EpochSampler(len(data), True, train.seed)
+    loader = make_loader(data, train.batch_size, sampler, config.data.num_workers)
+    steps_per_epoch = math.ceil(math.ceil(len(sampler) / train.batch_size) / train.accumulate)
+    optimizer = build_optimizer(model, train)
+    scheduler = build_scheduler(optimizer, train, train.epochs * steps_per_epoch)
+    run, started = PeerRun(model), time.monotonic()
+    for epoch in range(train.epochs):
+        model.train()
+        data.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        run.iteration_seconds.append(_train_epoch(run, loader, optimizer, scheduler, config, device, epoch, progress))
+        if budget_min and time.monotonic() - started > budget_min * 60:
+            break
+    run.train_seconds = time.monotonic() - started
+    return run
+
+
+def _train_epoch(run: PeerRun, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
+                 config: Config, device: torch.device, epoch: int, progress: bool) -> list[float]:
+    """One epoch; returns the seconds between consecutive optimizer steps (the first from the epoch start)."""
+    train = config.train
+    seconds, last = [], time.perf_counter()
+    bar = tqdm(loader, desc=f"peer epoch {epoch + 1}/{train.epochs}", unit="it", disable=not progress, dynamic_ncols=True)
+    for index, batch in enumerate(bar, start=1):
+        losses = _step(run.model, batch, device, train.accumulate)
+        if index % train.accumulate == 0 or index == len(loader):
+            _optimizer_step(run.model, optimizer, scheduler, train.clip_grad_norm)
+            now = time.perf_counter()
+            seconds.append(now - last)
+            last = now
+        run.last_losses = {k: float(v.detach()) for k, v in losses.items()}
+        bar.set_postfix(loss=f"{sum(run.last_losses.values()):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    return seconds

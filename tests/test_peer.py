@@ -1,0 +1,108 @@
+"""Smoke test of the benchmark's peer (scripts/peer.py): torchvision's FasterRCNN on our backbone."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector.config import load_config
+from detector.structures import Detections
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "peer.py"
+
+
+@pytest.fixture(scope="module")
+def peer():
+    """scripts/ is not a package: load peer.py from its path."""
+    spec = importlib.util.spec_from_file_location("peer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["peer"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def config():
+    # the tiny images are 64x96, so max_size 96 is the size our transforms would already have produced
+    return load_config(None, ["model.class_names=[car]", "data.max_size=96", "model.weights=none",
+                              "model.anchor_sizes=[16, 32]", "model.anchor_ratios=[0.5, 1.0, 2.0]"])
+
+
+@pytest.fixture(scope="module")
+def model(peer, config):
+    torch.manual_seed(0)
+    return peer.peer_from_config(config)
+
+
+def test_peer_matches_the_config(model):
+    # background + 1 foreground class; 2 sizes x 3 ratios anchors on the single stride-16 level
+    assert model.roi_heads.box_predictor.cls_score.out_features == 2
+    assert model.rpn.anchor_generator.num_anchors_per_location() == [6]
+    assert model.backbone.out_channels == 112
+    assert list(model.transform.image_mean) == [0.5, 0.5, 0.5]  # tf_efficientnet_lite0's statistics
+
+
+def test_transform_does_not_resize_inputs_of_max_size(peer, model):
+    model.eval()
+    assert peer.transformed_size(model, (64, 96)) == (64, 96)
+    # whereas a peer built for 200 px upsamples the same image by min(200 / 64, 200 / 96) = 2.083
+    other = peer.build_peer(1, 200, weights="none")
+    assert peer.transformed_size(other.eval(), (64, 96)) == (133, 200)
+
+
+def test_one_training_step_then_predict(peer, model, config, tiny_images, tiny_targets):
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    losses = model(list(tiny_images), peer.to_torchvision_targets(tiny_targets, "cpu"))
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(v) and v >= 0 for v in losses.values())
+    assert losses["loss_box_reg"] > 0  # the first image has a box, so sampled positives give a box loss
+    head_before = model.roi_heads.box_predictor.bbox_pred.weight.detach().clone()
+    sum(losses.values()).backward()
+    optimizer.step()
+    assert not torch.equal(head_before, model.roi_heads.box_predictor.bbox_pred.weight)
+
+    model.eval()
+    model.roi_heads.score_thresh = 0.0  # one step in, scores are low: keep every box to test the conversion
+    raw = model([tiny_images[0]])[0]
+    detections = peer.predict_peer(model, [tiny_images[0]], [(128, 192)], ["car"])[0]
+    assert isinstance(detections, Detections) and len(detections) == len(raw["boxes"]) > 0
+    # inputs were 64x96, originals 128x192: every coordinate doubles, and stays inside the original image
+    torch.testing.assert_close(detections.boxes, raw["boxes"] * 2)
+    boxes = detections.boxes
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= 192).all() and (boxes[:, 3] <= 128).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    assert set(detections.labels.tolist()) == {1} and detections.names[0] == "car"
+
+
+@pytest.fixture(scope="module")
+def benchmark(peer):
+    """scripts/benchmark.py imports `peer` by name, as it does when run from scripts/."""
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT.with_name("benchmark.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_time_leaves_out_epoch_starts_and_warmup(benchmark):
+    # epoch firsts (9.0, 8.0) hold loader start-up; of the rest [5, 4, 3, 2, 1, 1, 1] the first 2 are warm-up
+    per_epoch = [[9.0, 5.0, 4.0, 3.0, 2.0], [8.0, 1.0, 1.0, 1.0]]
+    assert benchmark.mean_step_seconds(per_epoch, warmup=2) == (8.0 / 5, 5)
+    assert benchmark.mean_step_seconds([[7.0]], warmup=2) == (None, 0)
+
+
+def test_row_selection_and_ratio_table(benchmark):
+    names = [row.name for row in benchmark.select_rows("ours,peer,weights")]
+    assert names == ["ours", "peer", "weights=imagenet", "weights=none"]
+    assert len(benchmark.select_rows("ablations")) == 14  # 6 ROI pooling + 2 proposals + 2 + 2 + 2
+    with pytest.raises(benchmark.DetectorError, match="--rows"):
+        benchmark.select_rows("ours,fpn")
+    rows = [{"name": "ours", "AP": 0.3, "train_s_per_iter": 1.0}, {"name": "peer", "AP": 0.2, "train_s_per_iter": 2.0}]
+    ratio = benchmark.format_table(rows).splitlines()[-1].split(" | ")
+    assert ratio[1] == "1.50" and ratio[7] == "0.50" and ratio[2] == "n/a"
