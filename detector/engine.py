@@ -181,7 +181,9 @@ class Trainer:
         self.loader = make_loader(self.train_data, config.train.batch_size, self.sampler, config.data.num_workers)
         self.batches_per_epoch = math.ceil(len(self.sampler) / config.train.batch_size)
         steps_per_epoch = math.ceil(self.batches_per_epoch / config.train.accumulate)
-        self.scheduler = build_scheduler(self.optimizer, config.train, config.train.epochs * steps_per_epoch)
+        self.started = time.monotonic()
+        self.scheduler = build_scheduler(self.optimizer, config.train, config.train.epochs * steps_per_epoch,
+                                         clock=self.budget_fraction if config.train.time_budget_min else None)
         use_fp16 = config.train.amp == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
         self.ema = ModelEMA(self.model, config.train.ema_decay) if config.train.ema else None
@@ -246,12 +248,12 @@ class Trainer:
     def fit(self) -> Path:
         """Train to `train.epochs`; returns the run folder."""
         train = self.config.train
-        started = time.monotonic()
+        self.started = time.monotonic()
         with self._catch_signals():
             while self.epoch < train.epochs:
-                self.train_one_epoch()
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                over_budget = train.time_budget_min and time.monotonic() - started > train.time_budget_min * 60
+                over_budget = not self.train_one_epoch()
+                if not over_budget:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 last_epoch = self.epoch == train.epochs or over_budget
                 self.save("last.pt")
                 if (train.eval_every and self.epoch % train.eval_every == 0) or last_epoch:
@@ -271,7 +273,13 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=dtype, enabled=enabled):
             return self.ddp_model(batch.images, batch.targets, batch.proposals)
 
-    def train_one_epoch(self) -> None:
+    def budget_fraction(self) -> float:
+        """Fraction of `train.time_budget_min` used by this invocation (0 without a budget)."""
+        budget = self.config.train.time_budget_min * 60
+        return (time.monotonic() - self.started) / budget if budget > 0 else 0.0
+
+    def train_one_epoch(self) -> bool:
+        """Train on the rest of the current epoch; False if the time budget ran out first."""
         train = self.config.train
         self.model.train()
         self.train_data.set_epoch(self.epoch)
@@ -298,6 +306,9 @@ class Trainer:
             if self.stop_signal is not None:
                 checkpoint = self.save("last.pt")
                 raise StopRequested(self.stop_signal, checkpoint)
+            if self.budget_fraction() >= 1.0:
+                return False
+        return True
 
     def _optimizer_step(self) -> None:
         clip = self.config.train.clip_grad_norm

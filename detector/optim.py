@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -23,14 +24,17 @@ def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum)
 
 
-def lr_factor(iteration: int, total_iters: int, train: TrainConfig) -> float:
-    """Multiplier of the base learning rate at `iteration` (0-based) of `total_iters` optimizer steps."""
+def lr_factor(iteration: int, total_iters: int, train: TrainConfig, time_fraction: float = 0.0) -> float:
+    """Multiplier of the base learning rate at `iteration` (0-based) of `total_iters` optimizer steps.
+
+    With a time budget, `time_fraction` (share of the budget used) advances the decay too, so a run
+    stopped by the clock still ends at a low learning rate."""
     if iteration < train.warmup_iters:
         alpha = iteration / max(train.warmup_iters, 1)
         warmup = train.warmup_factor * (1 - alpha) + alpha
     else:
         warmup = 1.0
-    progress = min(iteration / max(total_iters, 1), 1.0)
+    progress = min(max(iteration / max(total_iters, 1), time_fraction), 1.0)
     if train.scheduler == "step":
         decay = train.step_gamma ** sum(progress >= m for m in train.step_milestones)
     else:
@@ -38,9 +42,13 @@ def lr_factor(iteration: int, total_iters: int, train: TrainConfig) -> float:
     return warmup * decay
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-iteration schedule; its state is just the step count, so a resumed run may change `total_iters`."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total_iters, train))
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_iters: int,
+                    clock: Callable[[], float] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-iteration schedule; its state is just the step count, so a resumed run may change `total_iters`.
+    `clock` returns the share of a time budget used (see `lr_factor`)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, total_iters, train, clock() if clock else 0.0)
+    )
 
 
 class ModelEMA:

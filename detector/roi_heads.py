@@ -123,25 +123,27 @@ class RoIHeads(nn.Module):
         """
         sampled, labels, deltas = [], [], []
         for proposals, target in zip(proposals_per_image, targets):
-            proposals = torch.cat([proposals.detach(), target.boxes.to(proposals)])
-            if len(target.boxes):
-                matched = self.matcher(box_iou(target.boxes.to(proposals), proposals))
+            gt_boxes, gt_labels = target.boxes.to(proposals), target.labels.to(proposals.device)
+            proposals = torch.cat([proposals.detach(), gt_boxes])
+            if len(gt_boxes):
+                matched = self.matcher(box_iou(gt_boxes, proposals))
             else:
                 matched = torch.full((len(proposals),), Matcher.BACKGROUND, dtype=torch.int64, device=proposals.device)
-            is_fg = matched >= 0
-            sample_labels = torch.where(is_fg, 1, 0)
+            # 1 foreground, 0 background, -1 neither (between thresholds, or background inside an ignore region)
+            sample_labels = (matched >= 0).long()
             if len(target.ignore):
-                sample_labels[~is_fg & ignored_by_regions(proposals, target.ignore.to(proposals))] = -1
+                inside = ignored_by_regions(proposals, target.ignore.to(proposals))
+                sample_labels[(matched < 0) & inside] = -1
             sample_labels[matched == Matcher.IGNORE] = -1
-            pos, neg = self.sampler(sample_labels)
-            keep = pos | neg
-            keep_matched = matched[keep].clamp(min=0)
-            image_labels = torch.where(pos[keep], target.labels.to(proposals.device)[keep_matched] if len(target.boxes)
-                                       else torch.zeros_like(keep_matched), BACKGROUND)
+            positive, negative = self.sampler(sample_labels)
+            keep = positive | negative
+            fg = positive[keep]
+            image_labels = torch.zeros(int(keep.sum()), dtype=torch.int64, device=proposals.device)
             image_deltas = torch.zeros((int(keep.sum()), 4), device=proposals.device)
-            if len(target.boxes):
-                fg = pos[keep]
-                image_deltas[fg] = self.box_coder.encode(target.boxes.to(proposals)[keep_matched[fg]], proposals[keep][fg])
+            if len(gt_boxes):
+                fg_matched = matched[keep][fg]
+                image_labels[fg] = gt_labels[fg_matched]
+                image_deltas[fg] = self.box_coder.encode(gt_boxes[fg_matched], proposals[keep][fg])
             sampled.append(proposals[keep])
             labels.append(image_labels)
             deltas.append(image_deltas)

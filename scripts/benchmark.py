@@ -6,7 +6,7 @@
         --out runs/bench/smoke                                                   # a few-minute smoke run
 
 Every row trains from the same config on the same split, input size, backbone and wall-clock budget
-(``train.time_budget_min``: training stops at the end of the first epoch finishing after the budget; validation
+(``train.time_budget_min``: training stops when the budget is used up, the learning rate annealing with the clock; validation
 only runs once, at the end, so the budget is spent on training alone), then is measured the same way:
 
 - accuracy: COCO AP, AP50, AP75, APs/m/l from `detector.evaluation.COCOEvaluator` on the validation split;

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -230,8 +230,8 @@ def _optimizer_step(model: FasterRCNN, optimizer: torch.optim.Optimizer, schedul
 def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Dataset] | None = None,
                progress: bool = True) -> PeerRun:
     """Train the peer like `detector.engine.Trainer` trains ours: same data, augmentation, batch order,
-    optimizer, schedule (over ``train.epochs``) and clipping; stop at the end of the first epoch that
-    finishes after ``budget_min`` minutes of wall clock (0 = no budget), as `train.time_budget_min` does."""
+    optimizer, schedule and clipping; with ``budget_min`` (0 = none) training stops when the wall clock
+    runs out and the learning rate anneals with the clock, as `train.time_budget_min` does for ours."""
     train = config.train
     if train.threads:
         torch.set_num_threads(train.threads)
@@ -245,22 +245,25 @@ def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Datas
     loader = make_loader(data, train.batch_size, sampler, config.data.num_workers)
     steps_per_epoch = math.ceil(math.ceil(len(sampler) / train.batch_size) / train.accumulate)
     optimizer = build_optimizer(model, train)
-    scheduler = build_scheduler(optimizer, train, train.epochs * steps_per_epoch)
     run, started = PeerRun(model), time.monotonic()
+    used = (lambda: (time.monotonic() - started) / (budget_min * 60)) if budget_min else None
+    scheduler = build_scheduler(optimizer, train, train.epochs * steps_per_epoch, clock=used)
     for epoch in range(train.epochs):
         model.train()
         data.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        run.iteration_seconds.append(_train_epoch(run, loader, optimizer, scheduler, config, device, epoch, progress))
-        if budget_min and time.monotonic() - started > budget_min * 60:
+        run.iteration_seconds.append(_train_epoch(run, loader, optimizer, scheduler, config, device, epoch, progress, used))
+        if used and used() >= 1.0:
             break
     run.train_seconds = time.monotonic() - started
     return run
 
 
 def _train_epoch(run: PeerRun, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
-                 config: Config, device: torch.device, epoch: int, progress: bool) -> list[float]:
-    """One epoch; returns the seconds between consecutive optimizer steps (the first from the epoch start)."""
+                 config: Config, device: torch.device, epoch: int, progress: bool,
+                 budget_used: Callable[[], float] | None = None) -> list[float]:
+    """One epoch (cut short when the budget is used up); returns the seconds between consecutive optimizer
+    steps (the first from the epoch start)."""
     train = config.train
     seconds, last = [], time.perf_counter()
     bar = tqdm(loader, desc=f"peer epoch {epoch + 1}/{train.epochs}", unit="it", disable=not progress, dynamic_ncols=True)
@@ -273,4 +276,6 @@ def _train_epoch(run: PeerRun, loader: DataLoader, optimizer: torch.optim.Optimi
             last = now
         run.last_losses = {k: float(v.detach()) for k, v in losses.items()}
         bar.set_postfix(loss=f"{sum(run.last_losses.values()):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if budget_used and budget_used() >= 1.0:
+            break
     return seconds

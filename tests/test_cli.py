@@ -101,3 +101,46 @@ def test_unwritable_output_folder(tiny_checkpoint, tmp_path, shared_data):
 def test_in_process_main_returns_exit_code(tmp_path, capsys):
     assert main(["data", "stats", str(tmp_path / "missing"), "--format", "kitti"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_eval_writes_metrics_and_pictures(tiny_checkpoint, tmp_path):
+    val = tiny_checkpoint.parent.parent.parent / "data" / "val"
+    out = tmp_path / "eval"
+    result = run("eval", str(tiny_checkpoint), str(val), "--format", "coco", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "AP50" in result.stdout and "val_roi_cls" in result.stdout
+    metrics = __import__("json").loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["AP50"] <= 1.0 and "car" in metrics["per_class"]
+    for name in ("detections.json", "pr_curves.png", "confusion_matrix.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_detect_on_the_dashcam_clip(tiny_checkpoint, shared_data, tmp_path):
+    import json
+
+    import cv2
+
+    out = tmp_path / "detect"
+    video = shared_data / "videos" / "solidWhiteRight.mp4"
+    result = run("detect", str(tiny_checkpoint), str(video), "--out", str(out), "--score-thresh", "0.3")
+    assert result.returncode == 0, result.stderr
+    written = next(out.glob("*.mp4"))
+    capture = cv2.VideoCapture(str(written))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    assert frames == 221
+    assert (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (960, 540)
+    assert len(json.loads((out / "detections.json").read_text())["frames"]) == 221
+    assert (out / "detections.csv").exists()
+
+
+def test_convert_kitti_to_coco_keeps_the_boxes(shared_data, tmp_path):
+    result = run("convert", "--from", "kitti", "--to", "coco", str(shared_data / "kitti_tiny"), str(tmp_path / "coco"))
+    assert result.returncode == 0, result.stderr
+    stats = run("data", "stats", str(tmp_path / "coco"), "--format", "coco")
+    assert "images: 75" in stats.stdout
+    car_row = next(line for line in stats.stdout.splitlines() if line.strip().startswith("Car "))
+    assert car_row.split()[1] == "209"
+    again = run("convert", "--from", "kitti", "--to", "coco", str(shared_data / "kitti_tiny"), str(tmp_path / "coco"))
+    assert_one_sentence_error(again, str(tmp_path / "coco"))
