@@ -1,6 +1,12 @@
 """detector: a Fast R-CNN-style car detector (ImageNet backbones, RPN / selective search / file proposals,
 ROI pooling to 3x2 or 7x7, COCO mAP, detection on images, folders, video files and streams)."""
 
+import os
+
+# FFmpeg (inside OpenCV) prints its own lines on stderr for unreadable videos; our one-sentence errors say it.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
 __version__ = "0.1.0"
 
 __all__ = ["Detector", "Detections", "__version__"]

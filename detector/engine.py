@@ -112,9 +112,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_loader(dataset: DetectionDataset, batch_size: int, sampler: Sampler | None, workers: int) -> DataLoader:
+    # A DataLoader draws a base seed each time it starts iterating. From its own generator, that draw leaves
+    # the global RNG (used by proposal sampling) untouched, so resuming mid-epoch replays the same stream.
+    # Augmentation is seeded per (epoch, index) by the dataset, so worker seeds do not matter.
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_samples,
-        worker_init_fn=seed_worker,
+        worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(0),
     )
 
 
@@ -290,7 +293,7 @@ class Trainer:
             losses = self._forward_losses(batch)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
-                values = {k: round(float(v), 4) for k, v in losses.items()}
+                values = {k: round(float(v.detach()), 4) for k, v in losses.items()}
                 raise DetectorError(
                     f"non-finite loss at epoch {self.epoch + 1}, iteration {self.step} ({values}); training stopped, "
                     f"the last good checkpoint is kept in {self.run_dir}"
