@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
-from detector.config import Config
+from detector.config import Config, apply_overrides
 from detector.data.images import load_image
 from detector.data.transforms import build_transform
 from detector.detector import FastRCNN, build_detector
-from detector.engine import resolve_device
+from detector.distributed import resolve_device
 from detector.structures import Detections, DetectorError
 
 if TYPE_CHECKING:
@@ -43,10 +43,14 @@ class Detector:
         return list(self.config.model.class_names)
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str = "auto") -> "Detector":
-        """Load a checkpoint written by `detector train` (weights only: no code in it runs)."""
+    def load(cls, checkpoint: str | Path, device: str = "auto", overrides: Sequence[str] = ()) -> "Detector":
+        """Load a checkpoint written by `detector train` (weights only: no code in it runs); `overrides`
+        (``section.key=value``) change inference settings such as model.score_thresh or data.max_size."""
         payload = load_checkpoint(checkpoint)
-        config = checkpoint_config(payload, checkpoint)
+        config = apply_overrides(checkpoint_config(payload, checkpoint), overrides)
+        if config.model.proposals == "file":
+            raise DetectorError(f"checkpoint {checkpoint} uses proposals from a file (model.proposals: file); "
+                                "run `detector eval` with that file, or use a checkpoint trained with the RPN")
         model = build_detector(config, pretrained=False)
         load_model_state(model, payload["model"], checkpoint)
         return cls(model, config, resolve_device(device))

@@ -38,12 +38,12 @@ def save_checkpoint(path: Path, model_state: dict[str, torch.Tensor], config: Co
     """Atomically write a checkpoint: a temporary file in the same folder, then `os.replace`."""
     path = Path(path)
     payload = {
+        **extra,
         "format": FORMAT,
         "model": model_state,
         "config": config.to_dict(),
         "class_names": list(config.model.class_names),
         "versions": package_versions(),
-        **extra,
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,11 +56,25 @@ def save_checkpoint(path: Path, model_state: dict[str, torch.Tensor], config: Co
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
+        _fsync_folder(path.parent)  # make the rename itself durable
     except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
         if isinstance(error, OSError):
             raise DetectorError(f"cannot write checkpoint {path} ({error}); the previous checkpoint is intact") from None
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems do not open folders; the file itself is already synced
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

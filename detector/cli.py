@@ -79,10 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="fast", choices=["fast", "quality"])
     p.add_argument("--max", type=int, default=2000)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX for ONNX Runtime inference")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", required=True)
-    p.add_argument("--input-size", nargs=2, type=int, default=[640, 640], metavar=("H", "W"))
     return parser
 
 
@@ -90,10 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from detector.structures import DetectorError
 
+    from detector.engine import StopRequested
+
     try:
         from detector import commands
 
         return int(getattr(commands, f"run_{args.command}")(args) or 0)
+    except StopRequested as stop:
+        print(f"{stop}; continue with `detector train --resume {stop.checkpoint}`", file=sys.stderr)
+        return 128 + stop.signum
     except DetectorError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 from pathlib import Path
 
 from detector.config import Config, apply_overrides, load_config
 from detector.runs import json_safe
-from detector.structures import DetectorError
+from detector.structures import Dataset, DetectorError
 
 
 def run_train(args: argparse.Namespace) -> int:
     from detector.checkpoint import checkpoint_config, load_checkpoint
-    from detector.engine import StopRequested, Trainer
+    from detector.engine import Trainer
 
     if args.resume:
         if args.config:
@@ -24,34 +23,32 @@ def run_train(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
     trainer = Trainer(config, resume=Path(args.resume) if args.resume else None)
     print(f"run folder: {trainer.run_dir}")
-    try:
-        run_dir = trainer.fit()
-    except StopRequested as stop:
-        name = signal.Signals(stop.signum).name
-        print(f"{name}: saved a resumable checkpoint to {stop.checkpoint}; continue with "
-              f"`detector train --resume {stop.checkpoint}`")
-        return 128 + stop.signum
+    run_dir = trainer.fit()
     print(f"done: {run_dir} (last.pt, best.pt, metrics.jsonl, curves.png)")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from detector.api import Detector
-    from detector.data.build import read_split
+    from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
+    from detector.data.build import filter_records
+    from detector.detector import build_detector
+    from detector.distributed import resolve_device
     from detector.engine import evaluate
-    from detector.runs import new_run_dir
+    from detector.runs import new_run_dir, prepare_out_dir
 
-    detector = Detector.load(args.checkpoint)
-    config = apply_overrides(detector.config, args.overrides)
-    config.data.format = args.format
-    dataset = read_dataset_for_checkpoint(config, args.dataset, args.checkpoint, read_split)
+    payload = load_checkpoint(args.checkpoint)
+    config = apply_overrides(checkpoint_config(payload, args.checkpoint), [*args.overrides, f"data.format={args.format}"])
+    model = build_detector(config, pretrained=False)
+    load_model_state(model, payload["model"], args.checkpoint)
+    device = resolve_device(config.train.device)
+    model.to(device)
+    dataset = read_dataset_for_checkpoint(config, args.dataset, args.checkpoint)
     if args.filter:
-        import re
-
-        dataset.records = [r for r in dataset.records if re.search(args.filter, r.image_path.name)]
-    out = Path(args.out) if args.out else new_run_dir("runs/eval", Path(args.checkpoint).parent.name)
-    out.mkdir(parents=True, exist_ok=True)
-    output = evaluate(detector.model, dataset, config, detector.device)
+        dataset = filter_records(dataset, args.filter, True, "--filter")
+        if not dataset.records:
+            raise DetectorError(f"--filter '{args.filter}' matches no image of {args.dataset}")
+    out = prepare_out_dir(args.out) if args.out else new_run_dir("runs/eval", Path(args.checkpoint).parent.name)
+    output = evaluate(model, dataset, config, device)
     result = output.result
     print(result.table())
     for key, value in output.losses.items():
@@ -63,17 +60,20 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_dataset_for_checkpoint(config: Config, path: str, checkpoint: str, read_split) -> "object":
-    """Read a dataset with the checkpoint's classes; a class mismatch names both sides."""
-    try:
-        return read_split(config.data, path, list(config.model.class_names))
-    except DetectorError as error:
-        if "class" in str(error):
-            raise DetectorError(
-                f"dataset {path} does not match the classes of checkpoint {checkpoint} "
-                f"({', '.join(config.model.class_names)}): {error}"
-            ) from None
-        raise
+def read_dataset_for_checkpoint(config: Config, path: str, checkpoint: str) -> Dataset:
+    """Read a dataset with the checkpoint's classes; classes it lacks are named with both sides."""
+    from detector.data.build import read_split
+    from detector.data.readers import read_dataset
+
+    available = read_dataset(path, config.data.format, class_map=config.data.class_map or None,
+                             ignore_classes=config.data.ignore_classes, names_file=config.data.names_file or None)
+    missing = [name for name in config.model.class_names if name not in available.class_names]
+    if missing:
+        raise DetectorError(
+            f"dataset {path} does not match the classes of checkpoint {checkpoint}: it has no {', '.join(missing)} "
+            f"(the dataset has {', '.join(available.class_names) or 'no classes'})"
+        )
+    return read_split(config.data, path, list(config.model.class_names))
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -101,7 +101,7 @@ def run_info(args: argparse.Namespace) -> int:
     from detector.info import describe_detector
 
     config = load_config(args.config, args.overrides)
-    model = build_detector(config)
+    model = build_detector(config, pretrained=False)  # shapes and counts do not depend on the weights
     heads = {"proposals": model.proposal_source, "roi_heads": model.roi_heads}
     print(describe_detector(model.backbone, heads, tuple(args.input_size)))
     return 0
@@ -147,10 +147,3 @@ def run_proposals(args: argparse.Namespace) -> int:
     print(f"wrote proposals for {len(proposals)} images to {args.out}")
     return 0
 
-
-def run_export(args: argparse.Namespace) -> int:
-    from detector.export import export_onnx
-
-    out = export_onnx(args.checkpoint, Path(args.out), tuple(args.input_size))
-    print(f"wrote {out}")
-    return 0

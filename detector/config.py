@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,8 +57,9 @@ class ModelConfig:
     rpn_post_nms_top_n_train: int = 1000  # per image, after NMS
     rpn_post_nms_top_n_test: int = 300
     rpn_nms_thresh: float = 0.7
-    # ROI pooling: partition (the lecture's) | torchvision (torchvision.ops.roi_pool) | align (RoIAlign)
-    roi_pool_mode: str = "partition"
+    # ROI pooling: align (RoIAlign, the default: it localizes best, see docs/BENCHMARKS.md) |
+    # partition (the lecture's non-overlapping bins) | torchvision (torchvision.ops.roi_pool)
+    roi_pool_mode: str = "align"
     # Output grid (rows, cols): [2, 3] is the lecture's 3x2 grid, [7, 7] the classic Fast R-CNN grid.
     roi_output_size: list[int] = field(default_factory=lambda: [7, 7])
     roi_sampling_ratio: int = 2  # RoIAlign samples per bin side (align mode only)
@@ -300,8 +302,17 @@ def validate(config: Config) -> None:
         raise DetectorError("config key 'model.roi_output_size' expects two positive integers [rows, cols]")
     if config.model.proposals == "file" and not config.model.proposals_file:
         raise DetectorError("config key 'model.proposals_file' must name a JSON file when model.proposals is 'file'")
-    if config.train.batch_size < 1 or config.train.accumulate < 1:
-        raise DetectorError("config keys 'train.batch_size' and 'train.accumulate' must be at least 1")
+    for section, key in (("train", "batch_size"), ("train", "accumulate"), ("train", "log_every"), ("train", "epochs"),
+                         ("model", "rpn_batch_per_image"), ("model", "roi_batch_per_image"), ("data", "max_size")):
+        if getattr(getattr(config, section), key) < 1:
+            raise DetectorError(f"config key '{section}.{key}' must be at least 1")
+    for key in ("rpn_positive_fraction", "roi_positive_fraction", "rpn_fg_iou", "rpn_bg_iou", "roi_fg_iou"):
+        if not 0.0 < getattr(config.model, key) <= 1.0:
+            raise DetectorError(f"config key 'model.{key}' must be in (0, 1]")
+    if config.model.rpn_bg_iou > config.model.rpn_fg_iou:
+        raise DetectorError("config key 'model.rpn_bg_iou' must not exceed 'model.rpn_fg_iou'")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.train.device):
+        raise DetectorError(f"config key 'train.device' is '{config.train.device}'; expected auto, cpu, cuda or cuda:N")
 
 
 def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:

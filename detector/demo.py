@@ -14,6 +14,7 @@ from pathlib import Path
 
 from detector.config import load_config
 from detector.runs import json_safe, new_run_dir
+from detector.structures import DetectorError
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 DASHCAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "solidWhiteRight.mp4"
@@ -28,7 +29,9 @@ def run_demo(out: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
 
     started = time.monotonic()
     out = new_run_dir(out.parent, out.name)
-    config = load_config(CONFIG if CONFIG.is_file() else None, [
+    if not CONFIG.is_file():
+        raise DetectorError(f"the demo config {CONFIG} is missing; run the demo from a clone of the repository")
+    config = load_config(CONFIG, [
         f"data.train_path={out / 'data' / 'train'}", f"data.val_path={out / 'data' / 'val'}",
         f"train.output_dir={out}", "train.name=train", *overrides,
     ])

@@ -37,6 +37,17 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def resolve_device(name: str) -> torch.device:
+    """`train.device`: auto (this rank's GPU when CUDA is available, else CPU), cpu, cuda or cuda:N."""
+    from detector.structures import DetectorError
+
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DetectorError(f"train.device is '{name}' but CUDA is not available on this machine")
+    return torch.device(name)
+
+
 def init_from_env() -> None:
     """Join the process group that torchrun describes in the environment (WORLD_SIZE > 1)."""
     if is_distributed() or int(os.environ.get("WORLD_SIZE", 1)) <= 1:
@@ -50,6 +61,29 @@ def init_from_env() -> None:
 def barrier() -> None:
     if is_distributed():
         torch_dist.barrier()
+
+
+def _collective_device() -> torch.device:
+    # NCCL reduces only CUDA tensors; gloo takes CPU tensors
+    return torch.device("cuda", local_rank()) if torch_dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any rank (e.g. a signal that reached one process)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def broadcast_float(value: float) -> float:
+    """Rank 0's value on every rank."""
+    if not is_distributed():
+        return value
+    holder = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    torch_dist.broadcast(holder, src=0)
+    return float(holder.item())
 
 
 def broadcast_path(path: Path) -> Path:

@@ -20,14 +20,15 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from detector import distributed as dist
+from detector.distributed import resolve_device
 from detector.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from detector.config import Config
 from detector.data.build import build_datasets
-from detector.data.dataset import DetectionDataset, collate_samples, seed_worker
+from detector.data.dataset import DetectionDataset, build_loader
 from detector.data.transforms import build_transform
 from detector.detector import FastRCNN, build_detector
 from detector.evaluation import COCOEvaluator, EvalResult
@@ -103,24 +104,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DetectorError(f"train.device is '{name}' but CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def make_loader(dataset: DetectionDataset, batch_size: int, sampler: Sampler | None, workers: int) -> DataLoader:
-    # A DataLoader draws a base seed each time it starts iterating. From its own generator, that draw leaves
-    # the global RNG (used by proposal sampling) untouched, so resuming mid-epoch replays the same stream.
-    # Augmentation is seeded per (epoch, index) by the dataset, so worker seeds do not matter.
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_samples,
-        worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(0),
-    )
-
-
 @dataclass
 class EvalOutput:
     result: EvalResult
@@ -138,13 +121,28 @@ class EvalOutput:
         return {name: str(path) for name, path in paths.items()}
 
 
+def file_proposals(config: Config) -> dict[str, np.ndarray] | None:
+    """Precomputed proposals keyed by image file name when `model.proposals` is 'file', else None."""
+    if config.model.proposals != "file":
+        return None
+    from detector.proposals import read_proposals_file
+
+    return read_proposals_file(config.model.proposals_file)
+
+
 @torch.no_grad()
 def evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.device, with_loss: bool = True,
              progress: bool = True) -> EvalOutput:
     """COCO metrics (and mean validation losses) of `model` on `dataset`, in original image pixels."""
+    with torch.random.fork_rng(devices=[]):  # validation losses sample proposals: keep the training RNG intact
+        return _evaluate(model, dataset, config, device, with_loss, progress)
+
+
+def _evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.device, with_loss: bool,
+              progress: bool) -> EvalOutput:
     model.eval()
-    data = DetectionDataset(dataset, build_transform(None, config.data.max_size, train=False))
-    loader = make_loader(data, config.eval.batch_size, None, min(config.data.num_workers, 2))
+    data = DetectionDataset(dataset, build_transform(None, config.data.max_size, train=False), file_proposals(config))
+    loader = build_loader(data, config.eval.batch_size, False, min(config.data.num_workers, 2), config.train.seed)
     evaluator = COCOEvaluator(list(config.model.class_names))
     records = {r.image_id: r for r in dataset.records}
     loss_sums: dict[str, float] = {}
@@ -179,9 +177,12 @@ class Trainer:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, config.train)
         transform = build_transform(config.augment, config.data.max_size, train=True)
-        self.train_data = DetectionDataset(self.train_set, transform, seed=config.train.seed)
+        self.train_data = DetectionDataset(self.train_set, transform, file_proposals(config), seed=config.train.seed)
         self.sampler = EpochSampler(len(self.train_data), True, config.train.seed, dist.rank(), dist.world_size())
-        self.loader = make_loader(self.train_data, config.train.batch_size, self.sampler, config.data.num_workers)
+        # the loader's own seeded generator leaves the global RNG (proposal sampling) alone, so a resumed
+        # run replays it exactly; augmentation is seeded per (epoch, index) by the dataset
+        self.loader = build_loader(self.train_data, config.train.batch_size, False, config.data.num_workers,
+                                   config.train.seed, sampler=self.sampler)
         self.batches_per_epoch = math.ceil(len(self.sampler) / config.train.batch_size)
         steps_per_epoch = math.ceil(self.batches_per_epoch / config.train.accumulate)
         self.started = time.monotonic()
@@ -258,9 +259,9 @@ class Trainer:
                 if not over_budget:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 last_epoch = self.epoch == train.epochs or over_budget
-                self.save("last.pt")
                 if (train.eval_every and self.epoch % train.eval_every == 0) or last_epoch:
                     self.validate()
+                self.save("last.pt")  # after validation, so best_ap in it is current
                 if over_budget:
                     break
         if dist.is_main():
@@ -277,9 +278,10 @@ class Trainer:
             return self.ddp_model(batch.images, batch.targets, batch.proposals)
 
     def budget_fraction(self) -> float:
-        """Fraction of `train.time_budget_min` used by this invocation (0 without a budget)."""
+        """Fraction of `train.time_budget_min` used by this invocation (0 without a budget); rank 0's clock
+        under DDP, so all ranks follow the same learning rate and stop together."""
         budget = self.config.train.time_budget_min * 60
-        return (time.monotonic() - self.started) / budget if budget > 0 else 0.0
+        return dist.broadcast_float((time.monotonic() - self.started) / budget) if budget > 0 else 0.0
 
     def train_one_epoch(self) -> bool:
         """Train on the rest of the current epoch; False if the time budget ran out first."""
@@ -306,9 +308,11 @@ class Trainer:
                     row = {k: float(v.detach()) for k, v in losses.items()}
                     self.logger.log(self.step, epoch=self.epoch, loss=float(loss.detach()), lr=self.optimizer.param_groups[0]["lr"], **row)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-            if self.stop_signal is not None:
+            if self.batch_in_epoch % train.accumulate and self.batch_in_epoch != self.batches_per_epoch:
+                continue  # stop only at optimizer-step boundaries: accumulated gradients are not saved
+            if dist.any_rank(self.stop_signal is not None):  # every rank stops at the same step
                 checkpoint = self.save("last.pt")
-                raise StopRequested(self.stop_signal, checkpoint)
+                raise StopRequested(self.stop_signal or signal.SIGTERM, checkpoint)
             if self.budget_fraction() >= 1.0:
                 return False
         return True

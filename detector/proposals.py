@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from detector.backbone import IMAGENET_MEAN, IMAGENET_STD
 from detector.boxes import clip_boxes, nondegenerate, xywh_to_xyxy
 from detector.data.images import load_image
 from detector.structures import Dataset, DetectorError, ImageBatch, ImageRecord, Targets
@@ -41,8 +42,6 @@ __all__ = [
 ]
 
 SELECTIVE_SEARCH_MODES = ("fast", "quality")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -105,12 +105,12 @@ class RoIHeads(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         if targets is not None:
             sampled, gt_labels, gt_deltas = self.sample_proposals(proposals_per_image, targets)
-            cls_logits, box_deltas = self.predictor(self.box_head(self.pooler(features, sampled)))
-            losses = self.compute_loss(cls_logits, box_deltas, gt_labels, gt_deltas, torch.cat(sampled))
+            cls_logits, pred_deltas = self.predictor(self.box_head(self.pooler(features, sampled)))
+            losses = self.compute_loss(cls_logits, pred_deltas, gt_labels, gt_deltas, torch.cat(sampled))
             if self.training:
                 return [], losses
-        cls_logits, box_deltas = self.predictor(self.box_head(self.pooler(features, proposals_per_image)))
-        return self.postprocess(cls_logits, box_deltas, proposals_per_image, image_sizes), losses
+        cls_logits, pred_deltas = self.predictor(self.box_head(self.pooler(features, proposals_per_image)))
+        return self.postprocess(cls_logits, pred_deltas, proposals_per_image, image_sizes), losses
 
     @torch.no_grad()
     def sample_proposals(
@@ -152,7 +152,7 @@ class RoIHeads(nn.Module):
     def compute_loss(
         self,
         cls_logits: torch.Tensor,
-        box_deltas: torch.Tensor,
+        pred_deltas: torch.Tensor,
         gt_labels: torch.Tensor,
         gt_deltas: torch.Tensor,
         proposals: torch.Tensor,
@@ -162,28 +162,28 @@ class RoIHeads(nn.Module):
         roi_cls = F.cross_entropy(cls_logits.float(), gt_labels)
         fg = torch.nonzero(gt_labels > BACKGROUND).squeeze(1)
         # (R, 4K) -> (R, K, 4): pick each foreground ROI's deltas for its gt class
-        fg_deltas = box_deltas.reshape(len(box_deltas), -1, 4)[fg, gt_labels[fg] - 1].float()
+        fg_pred_deltas = pred_deltas.reshape(len(pred_deltas), -1, 4)[fg, gt_labels[fg] - 1].float()
         if self.box_loss == "giou":
-            pred_boxes = self.box_coder.decode(fg_deltas, proposals[fg])
+            pred_boxes = self.box_coder.decode(fg_pred_deltas, proposals[fg])
             gt_boxes = self.box_coder.decode(gt_deltas[fg], proposals[fg])
             roi_box = generalized_box_iou_loss(pred_boxes, gt_boxes, reduction="sum")
         else:
-            roi_box = F.smooth_l1_loss(fg_deltas, gt_deltas[fg], beta=1.0 / 9, reduction="sum")
+            roi_box = F.smooth_l1_loss(fg_pred_deltas, gt_deltas[fg], beta=1.0 / 9, reduction="sum")
         # keeps the graph connected (and the value exactly 0) when there is no foreground ROI
-        roi_box = roi_box / max(len(gt_labels), 1) + 0.0 * box_deltas.sum()
+        roi_box = roi_box / max(len(gt_labels), 1) + 0.0 * pred_deltas.sum()
         return {"roi_cls": roi_cls, "roi_box": roi_box}
 
     @torch.no_grad()
     def postprocess(
         self,
         cls_logits: torch.Tensor,
-        box_deltas: torch.Tensor,
+        pred_deltas: torch.Tensor,
         proposals_per_image: list[torch.Tensor],
         image_sizes: list[tuple[int, int]],
     ) -> list[dict[str, torch.Tensor]]:
         """Decode, clip, threshold, per-class NMS and cap: per image {boxes (D,4), scores (D,), labels (D,)}."""
         scores_all = F.softmax(cls_logits.float(), dim=1)
-        boxes_all = self.box_coder.decode(box_deltas.float(), torch.cat(proposals_per_image).float())
+        boxes_all = self.box_coder.decode(pred_deltas.float(), torch.cat(proposals_per_image).float())
         results = []
         counts = [len(p) for p in proposals_per_image]
         for scores, boxes, size in zip(scores_all.split(counts), boxes_all.split(counts), image_sizes):

@@ -32,6 +32,22 @@ def new_run_dir(output_dir: str | Path, name: str) -> Path:
     raise DetectorError(f"too many runs named {name} in {root}")
 
 
+def prepare_out_dir(out_dir: str | Path) -> Path:
+    """A user-named output folder: created if new, accepted if empty, refused otherwise (never overwrite)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DetectorError(f"the output folder {out_dir} is a file; expected a new or empty folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise DetectorError(f"the output folder {out_dir} is not empty; choose a new --out (results are never overwritten)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DetectorError(f"cannot create the output folder {out_dir}: {error.strerror}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise DetectorError(f"the output folder {out_dir} is not writable")
+    return out_dir
+
+
 class MetricsLogger:
     """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard."""
 

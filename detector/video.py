@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from detector.runs import new_run_dir
+from detector.runs import new_run_dir, prepare_out_dir
 from detector.sources import Frame, Source, open_source
 from detector.structures import Detections, DetectorError
 from detector.visualize import IMAGE_SUFFIXES, draw_detections, save_image
@@ -287,25 +287,6 @@ class DetectSummary:
         return {key: str(v) if isinstance(v, Path) else round(v, 3) if isinstance(v, float) else v for key, v in items}
 
 
-def _prepare_out_dir(out_dir: str | Path | None, stem: str) -> Path:
-    """The folder to write into: a fresh runs/detect/<stem>[-N], or ``out_dir`` if it is new or empty."""
-    if out_dir is None:
-        return new_run_dir("runs/detect", stem)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DetectorError(f"the output folder {out_dir} is a file; expected a new or empty folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise DetectorError(f"the output folder {out_dir} is not empty; choose a new --out "
-                            "(results are never overwritten)")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DetectorError(f"cannot create the output folder {out_dir}: {error.strerror}") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise DetectorError(f"the output folder {out_dir} is not writable")
-    return out_dir
-
-
 def _display_available() -> bool:
     """True when a screen exists and this OpenCV build can open windows (the headless wheel cannot)."""
     screen = sys.platform in ("win32", "darwin") or any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY"))
@@ -352,7 +333,7 @@ def run_detection(detector: FramePredictor, source: str | int | Path, out_dir: s
     _check_batch_size(batch_size)
     opened = open_source(source)
     try:
-        out = _prepare_out_dir(out_dir, opened.stem)
+        out = new_run_dir("runs/detect", opened.stem) if out_dir is None else prepare_out_dir(out_dir)
         if show and not _display_available():
             print(_SHOW_NOTE)
             show = False

@@ -38,15 +38,14 @@ from tqdm import tqdm
 from detector.backbone import Backbone, build_backbone
 from detector.config import Config
 from detector.data.build import build_datasets
-from detector.data.dataset import DetectionDataset, SampleBatch
+from detector.data.dataset import DetectionDataset, SampleBatch, build_loader
 from detector.data.transforms import build_transform
 from detector.engine import (
     EpochSampler,
     EvalOutput,
-    make_loader,
-    resolve_device,
     seed_everything,
 )
+from detector.distributed import resolve_device
 from detector.evaluation import COCOEvaluator
 from detector.optim import build_optimizer, build_scheduler
 from detector.structures import Dataset, Detections, DetectorError, Targets
@@ -181,7 +180,7 @@ def evaluate_peer(model: FasterRCNN, val_dataset: Dataset, config: Config, progr
     """COCO metrics of the peer on ``val_dataset``, computed exactly as `detector.engine.evaluate` does for ours:
     same eval transform, batch size and `COCOEvaluator`, ground truth from the original records."""
     data = DetectionDataset(val_dataset, build_transform(None, config.data.max_size, train=False))
-    loader = make_loader(data, config.eval.batch_size, None, min(config.data.num_workers, 2))
+    loader = build_loader(data, config.eval.batch_size, False, min(config.data.num_workers, 2), config.train.seed)
     evaluator = COCOEvaluator(list(config.model.class_names))
     records = {r.image_id: r for r in val_dataset.records}
     for batch in tqdm(loader, desc="eval peer", unit="batch", disable=not progress, leave=False):
@@ -242,7 +241,7 @@ def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Datas
     _check_no_resize(model, config.data.max_size)
     data = DetectionDataset(train_set, build_transform(config.augment, config.data.max_size, train=True), seed=train.seed)
     sampler = EpochSampler(len(data), True, train.seed)
-    loader = make_loader(data, train.batch_size, sampler, config.data.num_workers)
+    loader = build_loader(data, train.batch_size, False, config.data.num_workers, train.seed, sampler=sampler)
     steps_per_epoch = math.ceil(math.ceil(len(sampler) / train.batch_size) / train.accumulate)
     optimizer = build_optimizer(model, train)
     run, started = PeerRun(model), time.monotonic()

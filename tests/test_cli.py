@@ -30,7 +30,7 @@ def assert_one_sentence_error(result: subprocess.CompletedProcess, *needles: str
 def test_help_lists_subcommands():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("train", "eval", "detect", "demo", "info", "convert", "data", "proposals", "export"):
+    for command in ("train", "eval", "detect", "demo", "info", "convert", "data", "proposals"):
         assert command in result.stdout
 
 

@@ -16,7 +16,8 @@ from detector.data.synthetic import write_coco_dataset
 from detector.structures import Dataset, DetectorError
 
 
-def _filter(dataset: Dataset, pattern: str, keep_matching: bool, option: str) -> Dataset:
+def filter_records(dataset: Dataset, pattern: str, keep_matching: bool, option: str) -> Dataset:
+    """Records whose file name matches (or, keep_matching=False, does not match) a regular expression."""
     try:
         regex = re.compile(pattern)
     except re.error as error:
@@ -54,13 +55,13 @@ def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
         return read_split(coco, str(train_file), class_names), read_split(coco, str(val_file), class_names)
     train = read_split(data, data.train_path, class_names)
     if data.val_filter:
-        val = _filter(train, data.val_filter, True, "data.val_filter")
-        train = _filter(train, data.val_filter, False, "data.val_filter")
+        val = filter_records(train, data.val_filter, True, "data.val_filter")
+        train = filter_records(train, data.val_filter, False, "data.val_filter")
     else:
         val = read_split(data, data.val_path or data.train_path, class_names)
     if data.train_filter:
-        train = _filter(train, data.train_filter, True, "data.train_filter")
+        train = filter_records(train, data.train_filter, True, "data.train_filter")
     for name, split in (("train", train), ("validation", val)):
         if not split.records:
-            raise DetectorError(f"the {name} split of {data.train_path} is empty; check data.val_filter / data.train_filter")
+            raise DetectorError(f"the {name} split is empty; check data.train_path, data.val_path and the filters")
     return train, val
