@@ -171,7 +171,11 @@ class Trainer:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         seed_everything(config.train.seed, config.train.deterministic)
+        if not dist.is_main():
+            dist.barrier()  # rank 0 renders synthetic scenes first; the others then read them
         self.train_set, self.val_set = build_datasets(config)
+        if dist.is_main():
+            dist.barrier()
         self.model = build_detector(config, pretrained=resume is None).to(self.device)
         if dist.is_distributed() and config.train.sync_bn:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
