@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", help="only these class names")
     p.add_argument("--score-thresh", type=float, default=0.5)
     p.add_argument("--max-det", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=4, help="frames per model call")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="frames per model call (default: 1 on CPU, where batching measured slower; 8 on CUDA)")
     p.add_argument("--show", action="store_true", help="show a window when a display exists")
     p.add_argument("--device", default="auto")
 

@@ -81,9 +81,10 @@ def run_detect(args: argparse.Namespace) -> int:
     from detector.video import run_detection
 
     detector = Detector.load(args.checkpoint, device=args.device)
+    batch_size = args.batch_size or (8 if detector.device.type == "cuda" else 1)
     summary = run_detection(
         detector, args.source, out_dir=Path(args.out) if args.out else None, classes=args.classes,
-        score_thresh=args.score_thresh, max_det=args.max_det, batch_size=args.batch_size, show=args.show,
+        score_thresh=args.score_thresh, max_det=args.max_det, batch_size=batch_size, show=args.show,
     )
     print(summary.describe())
     return 0

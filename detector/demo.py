@@ -49,7 +49,7 @@ def run_demo(out: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
         videos["dashcam"] = DASHCAM
     detections = {}
     for name, video in videos.items():
-        summary = run_detection(detector, str(video), out_dir=out / f"detect_{name}", score_thresh=0.5, batch_size=4)
+        summary = run_detection(detector, str(video), out_dir=out / f"detect_{name}", score_thresh=0.5, batch_size=1)
         print(f"[demo] {name}: {summary.describe()}")
         detections[name] = summary.to_dict()
 
