@@ -18,12 +18,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/detector demo
 
-test: $(STAMP)
+test: $(STAMP) selective-search
 	$(PY) -m pytest
 
 # Selective search needs OpenCV contrib (cv2.ximgproc). The contrib wheel is a superset of the headless
 # wheel and writes the same cv2 module, so install it at the headless wheel's exact version, after it.
+# The tests cover selective search, so `make test` installs it too.
 selective-search: $(STAMP)
-	$(PY) -m pip install --quiet --no-deps --force-reinstall \
+	$(PY) -c "import cv2; cv2.ximgproc" 2>/dev/null || $(PY) -m pip install --quiet --no-deps --force-reinstall \
 	  "opencv-contrib-python-headless==$$($(PY) -m pip show opencv-python-headless | sed -n 's/^Version: //p')"
 	$(PY) -c "import cv2, albumentations; cv2.ximgproc; print('selective search ready: OpenCV', cv2.__version__)"
