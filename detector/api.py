@@ -17,6 +17,7 @@ import torch
 
 from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
 from detector.config import Config, apply_overrides
+from detector.data.dataset import image_to_tensor
 from detector.data.images import load_image
 from detector.data.transforms import build_transform
 from detector.detector import FastRCNN, build_detector
@@ -61,8 +62,7 @@ class Detector:
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DetectorError("predict expects image paths or (H, W, 3) uint8 RGB arrays")
         resized = self.transform(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0, 4), np.float32)).image
-        tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float().div_(255)
-        return tensor, (image.shape[0], image.shape[1])
+        return image_to_tensor(resized), (image.shape[0], image.shape[1])
 
     def predict_batch(self, images: Sequence[ImageInput], score_thresh: float | None = None,
                       classes: Sequence[str] | None = None, max_det: int | None = None) -> list[Detections]:

@@ -102,8 +102,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.transform.set_seed(sample_seed(self.seed, self.epoch, index))
         out = self.transform(image, record.boxes, record.labels, record.ignore, proposals)
         height, width = out.image.shape[:2]
-        # (h, w, 3) uint8 -> (3, h, w) float32 in [0, 1]
-        tensor = torch.from_numpy(np.ascontiguousarray(out.image)).permute(2, 0, 1).float().div_(255.0)
+        tensor = image_to_tensor(out.image)
         targets = Targets(
             boxes=torch.from_numpy(out.boxes),
             labels=torch.from_numpy(out.labels),
@@ -122,6 +121,11 @@ def _check_size(record: ImageRecord, image: np.ndarray) -> None:
             f"{record.image_path}: the image is {width}x{height} pixels but its annotation says "
             f"{record.width}x{record.height}; fix the annotation's image size"
         )
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 in [0, 1], the model's input."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
 def collate_samples(samples: list[Sample]) -> SampleBatch:
