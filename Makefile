@@ -11,7 +11,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,onnx]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -22,6 +22,7 @@ from detector.data.images import load_image
 from detector.data.transforms import build_transform
 from detector.detector import FastRCNN, build_detector
 from detector.distributed import resolve_device
+from detector.runtime import prepare_for_inference
 from detector.structures import Detections, DetectorError
 
 if TYPE_CHECKING:
@@ -33,10 +34,14 @@ ImageInput = str | Path | np.ndarray
 class Detector:
     """A trained detector with its preprocessing: give it images in any size, get boxes in their pixels."""
 
-    def __init__(self, model: FastRCNN, config: Config, device: torch.device | str = "cpu") -> None:
-        self.model = model.to(device).eval()
-        self.config = config
+    def __init__(self, model: FastRCNN, config: Config, device: torch.device | str = "cpu",
+                 runtime: str = "auto") -> None:
+        """`runtime` (detector.runtime: auto, torch or onnx) swaps the model's backbone in place for its faster
+        inference version; `self.runtime` says which one runs."""
         self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.runtime = prepare_for_inference(self.model, runtime, self.device)
+        self.config = config
         self.transform = build_transform(None, config.data.max_size, train=False)
 
     @property
@@ -44,9 +49,11 @@ class Detector:
         return list(self.config.model.class_names)
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str = "auto", overrides: Sequence[str] = ()) -> "Detector":
+    def load(cls, checkpoint: str | Path, device: str = "auto", overrides: Sequence[str] = (),
+             runtime: str = "auto") -> "Detector":
         """Load a checkpoint written by `detector train` (weights only: no code in it runs); `overrides`
-        (``section.key=value``) change inference settings such as model.score_thresh or data.max_size."""
+        (``section.key=value``) change inference settings such as model.score_thresh or data.max_size;
+        `runtime` picks how the backbone runs (detector.runtime: ONNX Runtime on CPU by default)."""
         payload = load_checkpoint(checkpoint)
         config = apply_overrides(checkpoint_config(payload, checkpoint), overrides)
         if config.model.proposals == "file":
@@ -54,7 +61,7 @@ class Detector:
                                 "run `detector eval` with that file, or use a checkpoint trained with the RPN")
         model = build_detector(config, pretrained=False)
         load_model_state(model, payload["model"], checkpoint)
-        return cls(model, config, resolve_device(device))
+        return cls(model, config, resolve_device(device), runtime)
 
     def _to_tensor(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
         if isinstance(image, (str, Path)):

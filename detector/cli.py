@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per model call (default: 1 on CPU, where batching measured slower; 8 on CUDA)")
     p.add_argument("--show", action="store_true", help="show a window when a display exists")
     p.add_argument("--device", default="auto")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                   help="how the backbone runs: onnx (ONNX Runtime, the default on CPU), torch (PyTorch, channels_last "
+                        "on CPU; the default on CUDA)")
 
     p = sub.add_parser("demo", help="render synthetic roads, train, evaluate and detect, all offline (about 10 min on CPU)")
     p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")

@@ -80,7 +80,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from detector.api import Detector
     from detector.video import run_detection
 
-    detector = Detector.load(args.checkpoint, device=args.device)
+    detector = Detector.load(args.checkpoint, device=args.device, runtime=args.runtime)
     batch_size = args.batch_size or (8 if detector.device.type == "cuda" else 1)
     summary = run_detection(
         detector, args.source, out_dir=Path(args.out) if args.out else None, classes=args.classes,

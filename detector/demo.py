@@ -58,6 +58,7 @@ def run_demo(out: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
         "per_class": result.per_class,
         "train_run": str(run_dir),
         "checkpoint": str(run_dir / "best.pt"),
+        "runtime": detector.runtime,
         "curves": str(run_dir / "curves.png"),
         "eval": eval_paths,
         "detect": detections,

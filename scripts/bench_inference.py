@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import inspect
 import json
 import os
 import platform
@@ -29,7 +28,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +47,7 @@ from detector.data.images import list_images, load_image
 from detector.data.transforms import build_transform
 from detector.detector import FastRCNN, build_detector
 from detector.runs import json_safe
+from detector.runtime import ChannelsLastBackbone, onnx_backbone
 from detector.structures import DetectorError
 from detector.video import run_detection
 
@@ -229,18 +228,6 @@ def bench_proposals(setup: Setup) -> list[Row]:
         rpn.pre_nms_top_n, rpn.post_nms_top_n = original
 
 
-class ChannelsLastBackbone(nn.Module):
-    """The backbone with NHWC weights fed NHWC images, so oneDNN's convolutions skip their layout reorders."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone.to(memory_format=torch.channels_last)
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """(N, 3, H, W) -> the backbone's (N, C, H / s, W / s) maps, in channels_last strides."""
-        return self.backbone(images.contiguous(memory_format=torch.channels_last))
-
-
 def bench_channels_last(setup: Setup) -> list[Row]:
     nhwc = with_backbone(setup.model, ChannelsLastBackbone)
     return against_eager(setup, "channels_last", ("contiguous (NCHW)", "channels_last (NHWC)"), nhwc)
@@ -287,46 +274,17 @@ def bench_compile(setup: Setup) -> list[Row]:
                          f"first call (compiling) {seconds:.1f} s")
 
 
-class OnnxBackbone(nn.Module):
-    """The backbone as an ONNX Runtime session: (N, 3, H, W) -> [(N, C, H / s, W / s) per level], like Backbone."""
-
-    def __init__(self, session: onnxruntime.InferenceSession) -> None:
-        super().__init__()
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        outputs = self.session.run(None, {self.input_name: images.detach().cpu().contiguous().numpy()})
-        return [torch.from_numpy(output) for output in outputs]
-
-
-def onnx_session(backbone: nn.Module, example: torch.Tensor, path: Path, threads: int) -> onnxruntime.InferenceSession:
-    """Export the backbone (opset 17, dynamic batch, height and width) and open it on ONNX Runtime's CPU provider."""
-    outputs = [f"features_{level}" for level in range(len(backbone(example)))]
-    axes = {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in ["images", *outputs]}
-    # the TorchScript exporter: the dynamo one needs onnxscript, and torch < 2.5 has no dynamo argument
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # chosen on purpose, see above
-        torch.onnx.export(backbone, (example,), str(path), opset_version=17, input_names=["images"],
-                          output_names=outputs, dynamic_axes=axes, **legacy)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def bench_onnx(setup: Setup) -> list[Row]:
     example = setup.model.preprocess(setup.images[:1]).images  # (1, 3, H, W) normalized and padded
-    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        session = onnx_session(setup.model.backbone, example, Path(tmp) / "backbone.onnx", setup.args.threads)
-        onnx_backbone = OnnxBackbone(session)
-        expected, got = setup.model.backbone(example), onnx_backbone(example)
+    with torch.no_grad():
+        converted = onnx_backbone(setup.model.backbone, setup.args.threads)
+        expected, got = setup.model.backbone(example), converted(example)
     pairs = list(zip(expected, got, strict=True))  # one map per level from both
     error = max(float((e - g).abs().max()) for e, g in pairs)
     found = f"max |diff| {error:.1e} (largest |feature| {max(float(e.abs().max()) for e in expected):.1f})"
     if not all(torch.allclose(e, g, rtol=ONNX_TOLERANCE, atol=ONNX_TOLERANCE) for e, g in pairs):
         return [Row("onnx", "onnxruntime backbone", None, None, f"skipped: outputs differ from torch, {found}")]
-    ort_model = with_backbone(setup.model, lambda _: onnx_backbone)
+    ort_model = with_backbone(setup.model, lambda _: converted)
     names = ("torch backbone", "onnxruntime backbone")
     return against_eager(setup, "onnx", names, ort_model, f"onnxruntime {onnxruntime.__version__}, {found}")
 
@@ -361,7 +319,7 @@ def bench_video(setup: Setup) -> list[Row]:
     video, rows = Path(setup.args.video), []
     if not video.is_file():
         return [Row("video", "-", None, None, f"skipped: --video {video} not found")]
-    detector = Detector(setup.model, setup.config, "cpu")
+    detector = Detector(copy.deepcopy(setup.model), setup.config, "cpu")  # the product's runtime (auto)
     with tempfile.TemporaryDirectory() as tmp:
         clip = write_clip(video, setup.args.video_frames, Path(tmp) / video.name) if setup.args.video_frames else video
         for batch_size in (1, BATCH):

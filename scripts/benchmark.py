@@ -14,7 +14,9 @@ only runs once, at the end, so the budget is spent on training alone), then is m
   epoch (loader start-up, checkpointing) and the first ``WARMUP_STEPS`` steps;
 - inference: median ms per image at batch 1 with ``torch.set_num_threads(2)`` over at least ``TIMED_IMAGES``
   validation images after ``WARMUP_IMAGES`` untimed ones, and the peak resident memory of that process. It runs in
-  a fresh (spawned) process holding only that model, so the figure is not the training process's peak.
+  a fresh (spawned) process holding only that model, so the figure is not the training process's peak. Ours runs
+  as `Detector` runs it on a CPU (the backbone in ONNX Runtime, detector/runtime.py) and is timed again with the
+  PyTorch backbone (channels_last); the peer is torchvision's model as shipped (PyTorch).
 
 Rows (``--rows``, comma separated, groups or row names): ``ours``, ``peer``, ``ablations`` (all of these groups:
 ``roi_pool``, ``proposals``, ``frozen_bn``, ``augment``, ``weights``). A row whose resolved config equals a row
@@ -47,6 +49,7 @@ import torchvision
 # scripts/ is on sys.path when this file runs as a script, so its sibling imports by name
 from peer import evaluate_peer, peer_from_config, predict_peer, train_peer
 
+from detector.api import Detector
 from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
 from detector.config import Config, apply_overrides, config_from_dict, load_config
 from detector.data.build import build_datasets
@@ -220,8 +223,9 @@ def peak_rss_mib() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ru_maxrss"
 
 
-def _load_model(kind: str, config: Config, weights: str) -> tuple[torch.nn.Module, Any]:
-    """The trained model and a ``predict(images, original_sizes)`` for it."""
+def _load_model(kind: str, config: Config, weights: str, runtime: str) -> tuple[torch.nn.Module, Any]:
+    """The trained model and a ``predict(images, original_sizes)`` for it; ours runs its backbone in `runtime`
+    (detector.runtime), as `Detector` and `detector detect` do. The peer is torchvision's model as shipped."""
     if kind == "peer":
         model = peer_from_config(config, pretrained=False)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -230,14 +234,16 @@ def _load_model(kind: str, config: Config, weights: str) -> tuple[torch.nn.Modul
     payload = load_checkpoint(weights)
     model = build_detector(checkpoint_config(payload, weights), pretrained=False)
     load_model_state(model, payload["model"], weights)
-    return model.eval(), model.predict
+    detector = Detector(model, config, "cpu", runtime)
+    return detector.model, detector.model.predict
 
 
-def measure_inference(kind: str, config_values: dict, weights: str, image_paths: list[str]) -> dict[str, Any]:
+def measure_inference(kind: str, config_values: dict, weights: str, image_paths: list[str],
+                      runtime: str) -> dict[str, Any]:
     """Batch-1 CPU latency and peak memory of one trained model; runs in its own spawned process."""
     torch.set_num_threads(INFERENCE_THREADS)
     config = config_from_dict(config_values)
-    _, predict = _load_model(kind, config, weights)
+    _, predict = _load_model(kind, config, weights, runtime)
     transform = build_transform(None, config.data.max_size, train=False)
     empty_boxes, empty_labels = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
     inputs = []
@@ -259,9 +265,10 @@ def measure_inference(kind: str, config_values: dict, weights: str, image_paths:
             "input_size": f"{width}x{height}", "peak_rss_mib": round(rss, 1), "rss_source": source}
 
 
-def measure_in_child(kind: str, config: Config, weights: str, image_paths: list[str]) -> dict[str, Any]:
+def measure_in_child(kind: str, config: Config, weights: str, image_paths: list[str],
+                     runtime: str = "auto") -> dict[str, Any]:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure_inference, (kind, config.to_dict(), weights, image_paths))
+        return pool.apply(measure_inference, (kind, config.to_dict(), weights, image_paths, runtime))
 
 
 def run_row(row: Row, config: Config, budget_min: float) -> dict[str, Any]:
@@ -271,6 +278,11 @@ def run_row(row: Row, config: Config, budget_min: float) -> dict[str, Any]:
     _, val = build_datasets(config)
     paths = [str(record.image_path) for record in val.records[:TIMED_IMAGES]]
     summary.update(measure_in_child(row.kind, config, summary["weights"], paths))
+    if row.kind == "ours":  # the default runtime on CPU is ONNX Runtime; PyTorch's time too, for comparison
+        torch_only = measure_in_child(row.kind, config, summary["weights"], paths, runtime="torch")
+        summary["infer_ms_per_image_torch"] = torch_only["infer_ms_per_image"]
+    else:  # the peer is torchvision's model as shipped: PyTorch throughout
+        summary["infer_ms_per_image_torch"] = summary["infer_ms_per_image"]
     return summary
 
 
@@ -281,7 +293,7 @@ def _fmt(value: Any, digits: int) -> str:
 
 COLUMNS = [(m, m, 3) for m in METRICS] + [
     ("train s/iter", "train_s_per_iter", 2), ("iters", "iterations", 0), ("infer ms/img", "infer_ms_per_image", 1),
-    ("peak RSS MiB", "peak_rss_mib", 0),
+    ("infer ms/img, PyTorch backbone", "infer_ms_per_image_torch", 1), ("peak RSS MiB", "peak_rss_mib", 0),
 ]
 
 

@@ -135,6 +135,17 @@ def test_detect_on_the_dashcam_clip(tiny_checkpoint, shared_data, tmp_path):
     assert (out / "detections.csv").exists()
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_detect_runtime_option(tiny_checkpoint, tmp_path, runtime):
+    import json
+
+    scene = next((tiny_checkpoint.parent.parent.parent / "data" / "val" / "images").iterdir())
+    out = tmp_path / runtime
+    result = run("detect", str(tiny_checkpoint), str(scene), "--out", str(out), "--runtime", runtime)
+    assert result.returncode == 0, result.stderr
+    assert (out / "detections.json").exists() and json.loads((out / "detections.json").read_text())
+
+
 def test_convert_kitti_to_coco_keeps_the_boxes(shared_data, tmp_path):
     result = run("convert", "--from", "kitti", "--to", "coco", str(shared_data / "kitti_tiny"), str(tmp_path / "coco"))
     assert result.returncode == 0, result.stderr
