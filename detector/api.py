@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -36,10 +37,10 @@ class Detector:
 
     def __init__(self, model: FastRCNN, config: Config, device: torch.device | str = "cpu",
                  runtime: str = "auto") -> None:
-        """`runtime` (detector.runtime: auto, torch or onnx) swaps the model's backbone in place for its faster
-        inference version; `self.runtime` says which one runs."""
+        """`runtime` (detector.runtime: auto, torch or onnx) swaps the backbone of a copy of `model` for its faster
+        inference version (the caller's model stays trainable); `self.runtime` says which one runs."""
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = copy.deepcopy(model).to(self.device).eval()
         self.runtime = prepare_for_inference(self.model, runtime, self.device)
         self.config = config
         self.transform = build_transform(None, config.data.max_size, train=False)

@@ -81,6 +81,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from detector.video import run_detection
 
     detector = Detector.load(args.checkpoint, device=args.device, runtime=args.runtime)
+    print(f"backbone runtime: {detector.runtime} on {detector.device}")
     batch_size = args.batch_size or (8 if detector.device.type == "cuda" else 1)
     summary = run_detection(
         detector, args.source, out_dir=Path(args.out) if args.out else None, classes=args.classes,

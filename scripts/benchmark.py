@@ -6,14 +6,18 @@
         --out runs/bench/smoke                                                   # a few-minute smoke run
 
 Every row trains from the same config on the same split, input size, backbone and wall-clock budget
-(``train.time_budget_min``: training stops when the budget is used up, the learning rate annealing with the clock; validation
-only runs once, at the end, so the budget is spent on training alone), then is measured the same way:
+(``train.time_budget_min``: training stops at the config's epoch count or when the budget is used up, whichever comes
+first, the learning rate annealing with whichever is further along; validation only runs once, at the end, so the
+budget is spent on training alone). configs/drone_cars.yaml sizes ours to end on its epochs (about 38 of the 45
+minutes on 2 cores), so `detector train` repeats it; the peer uses the whole budget. Then every row is measured the
+same way:
 
 - accuracy: COCO AP, AP50, AP75, APs/m/l from `detector.evaluation.COCOEvaluator` on the validation split;
 - train s/iter: mean seconds per optimizer step (data loading included), leaving out the first step of every
   epoch (loader start-up, checkpointing) and the first ``WARMUP_STEPS`` steps;
 - inference: median ms per image at batch 1 with ``torch.set_num_threads(2)`` over at least ``TIMED_IMAGES``
-  validation images after ``WARMUP_IMAGES`` untimed ones, and the peak resident memory of that process. It runs in
+  validation images after ``WARMUP_IMAGES`` untimed ones, and the peak resident memory of that process while it
+  predicts (the peak is reset after loading, so ours' ONNX export is not counted). It runs in
   a fresh (spawned) process holding only that model, so the figure is not the training process's peak. Ours runs
   as `Detector` runs it on a CPU (the backbone in ONNX Runtime, detector/runtime.py) and is timed again with the
   PyTorch backbone (channels_last); the peer is torchvision's model as shipped (PyTorch).
@@ -53,6 +57,7 @@ from detector.api import Detector
 from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
 from detector.config import Config, apply_overrides, config_from_dict, load_config
 from detector.data.build import build_datasets
+from detector.data.dataset import image_to_tensor
 from detector.data.images import load_image
 from detector.data.transforms import build_transform
 from detector.detector import build_detector
@@ -207,6 +212,14 @@ def _training_summary(metrics: dict, per_epoch: list[list[float]], seconds: floa
     }
 
 
+def reset_peak_rss() -> None:
+    """Start VmHWM afresh (Linux: writing 5 to clear_refs), so loading (ours: the ONNX export) is not counted."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak includes loading
+
+
 def peak_rss_mib() -> tuple[float, str]:
     """This process's peak resident memory in MiB and where it was read.
 
@@ -223,19 +236,21 @@ def peak_rss_mib() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ru_maxrss"
 
 
-def _load_model(kind: str, config: Config, weights: str, runtime: str) -> tuple[torch.nn.Module, Any]:
-    """The trained model and a ``predict(images, original_sizes)`` for it; ours runs its backbone in `runtime`
-    (detector.runtime), as `Detector` and `detector detect` do. The peer is torchvision's model as shipped."""
+def _load_model(kind: str, config: Config, weights: str, runtime: str) -> tuple[Any, str]:
+    """A ``predict(images, original_sizes)`` for the trained model and the runtime it uses: ours runs its
+    backbone in `runtime` (detector.runtime), as `Detector` and `detector detect` do; the peer is torchvision's
+    model as shipped (PyTorch)."""
     if kind == "peer":
         model = peer_from_config(config, pretrained=False)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         names = list(config.model.class_names)
-        return model.eval(), lambda images, sizes: predict_peer(model, images, sizes, names)
+        model.eval()
+        return (lambda images, sizes: predict_peer(model, images, sizes, names)), "torch"
     payload = load_checkpoint(weights)
     model = build_detector(checkpoint_config(payload, weights), pretrained=False)
     load_model_state(model, payload["model"], weights)
     detector = Detector(model, config, "cpu", runtime)
-    return detector.model, detector.model.predict
+    return detector.model.predict, detector.runtime
 
 
 def measure_inference(kind: str, config_values: dict, weights: str, image_paths: list[str],
@@ -243,15 +258,15 @@ def measure_inference(kind: str, config_values: dict, weights: str, image_paths:
     """Batch-1 CPU latency and peak memory of one trained model; runs in its own spawned process."""
     torch.set_num_threads(INFERENCE_THREADS)
     config = config_from_dict(config_values)
-    _, predict = _load_model(kind, config, weights, runtime)
+    predict, runtime_used = _load_model(kind, config, weights, runtime)
+    reset_peak_rss()
     transform = build_transform(None, config.data.max_size, train=False)
     empty_boxes, empty_labels = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
     inputs = []
     for path in image_paths:
         image = load_image(path)
         resized = transform(image, empty_boxes, empty_labels, empty_boxes).image
-        # (h, w, 3) uint8 -> (3, h, w) float32 in [0, 1]
-        inputs.append((torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float() / 255, image.shape[:2]))
+        inputs.append((image_to_tensor(resized), image.shape[:2]))
     timings = []
     for call in range(WARMUP_IMAGES + max(TIMED_IMAGES, len(inputs))):
         tensor, original = inputs[call % len(inputs)]
@@ -261,7 +276,7 @@ def measure_inference(kind: str, config_values: dict, weights: str, image_paths:
             timings.append((time.perf_counter() - started) * 1000)
     rss, source = peak_rss_mib()
     height, width = inputs[0][0].shape[-2:]
-    return {"infer_ms_per_image": statistics.median(timings), "images_timed": len(timings),
+    return {"infer_ms_per_image": statistics.median(timings), "images_timed": len(timings), "runtime": runtime_used,
             "input_size": f"{width}x{height}", "peak_rss_mib": round(rss, 1), "rss_source": source}
 
 
