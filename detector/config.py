@@ -95,6 +95,9 @@ class DataConfig:
     # Source class names that become ignore regions (neither positive nor negative).
     ignore_classes: list[str] = field(default_factory=lambda: ["DontCare"])
     names_file: str = ""  # YOLO: class names file or data YAML
+    # KITTI only: all | easy | moderate | hard. At a level, objects the KITTI benchmark would not score there
+    # (too short, too occluded or truncated; detector/data/kitti.py) become ignore regions.
+    kitti_difficulty: str = "all"
     # Longest image side fed to the model (images are resized keeping their aspect ratio).
     max_size: int = 320
     # Synthetic data only: images rendered for train and val, and their size (height, width).
@@ -284,6 +287,7 @@ _CHOICES = {
     ("model", "head"): ("fc", "conv"),
     ("model", "box_loss"): ("smooth_l1", "giou"),
     ("data", "format"): ("coco", "voc", "yolo", "kitti", "synthetic"),
+    ("data", "kitti_difficulty"): ("all", "easy", "moderate", "hard"),
     ("train", "optimizer"): ("sgd", "adamw"),
     ("train", "scheduler"): ("cosine", "step"),
     ("train", "amp"): ("none", "bf16", "fp16"),

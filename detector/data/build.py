@@ -35,6 +35,7 @@ def read_split(data: DataConfig, path: str, class_names: list[str] | None) -> Da
         class_map=data.class_map or None,
         ignore_classes=data.ignore_classes,
         names_file=data.names_file or None,
+        kitti_difficulty=data.kitti_difficulty,
     )
 
 

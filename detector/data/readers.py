@@ -223,11 +223,13 @@ def read_dataset(
     class_map: dict[str, str] | None = None,
     ignore_classes: list[str] | None = None,
     names_file: str | None = None,
+    kitti_difficulty: str = "all",
 ) -> Dataset:
     """Read a dataset in one of `FORMATS` into a `Dataset` of pixel-xyxy `ImageRecord`s.
 
     ``names_file`` (class names, one per line, or a YAML with ``names:``) is for the yolo format only;
-    ``ignore_classes`` defaults to ``["DontCare"]`` for kitti and to none elsewhere.
+    ``ignore_classes`` defaults to ``["DontCare"]`` for kitti and to none elsewhere; ``kitti_difficulty``
+    (kitti only: all, easy, moderate, hard) makes objects below that KITTI level ignore regions.
     """
     if fmt not in FORMATS:
         raise DetectorError(f"unknown dataset format {fmt!r}; expected one of: {', '.join(FORMATS)}")
@@ -239,6 +241,10 @@ def read_dataset(
         options["names_file"] = names_file
     elif names_file is not None:
         raise DetectorError(f"names_file is only used by the yolo format, not {fmt!r}")
+    if fmt == "kitti":
+        options["difficulty"] = kitti_difficulty
+    elif kitti_difficulty != "all":
+        raise DetectorError(f"data.kitti_difficulty is only used by the kitti format, not {fmt!r}; leave it at all")
     return _format_readers()[fmt](path, **options)
 
 

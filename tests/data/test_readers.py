@@ -134,6 +134,47 @@ def test_kitti_non_numeric_field_is_named(kitti):
         read_dataset(kitti, "kitti")
 
 
+def _kitti_object(name: str, truncated: float, occluded: int, box: tuple[float, float, float, float]) -> str:
+    return f"{name} {truncated:.2f} {occluded} 0.00 {box[0]} {box[1]} {box[2]} {box[3]} 1.5 1.6 3.9 1.0 1.5 10.0 0.1"
+
+
+# (truncated, occluded, box height) -> the lowest KITTI level that scores the car (devkit: min height 40/25/25 px,
+# max occlusion 0/1/2, max truncation 0.15/0.30/0.50 for easy/moderate/hard)
+KITTI_CARS = [
+    ((0.00, 0, 40.0), "easy"),  # exactly the easy height
+    ((0.15, 0, 50.0), "easy"),  # exactly the easy truncation
+    ((0.00, 0, 39.5), "moderate"),  # too short for easy
+    ((0.00, 1, 60.0), "moderate"),  # partly occluded
+    ((0.30, 0, 60.0), "moderate"),  # exactly the moderate truncation
+    ((0.00, 2, 25.0), "hard"),  # largely occluded, exactly the hard height
+    ((0.50, 0, 60.0), "hard"),  # exactly the hard truncation
+    ((0.00, 0, 24.5), None),  # too short for any level
+    ((0.00, 3, 60.0), None),  # occlusion unknown
+    ((0.51, 0, 60.0), None),  # truncated more than half
+]
+
+
+@pytest.mark.parametrize("difficulty", ["all", "easy", "moderate", "hard"])
+def test_kitti_difficulty_turns_unscored_cars_into_ignore_regions(tmp_path, difficulty):
+    root = tmp_path / "kitti"
+    _image(root / "image_2/000000.png", 400, 100)
+    lines = [_kitti_object("Car", t, o, (30.0 * i, 0.0, 30.0 * i + 20, h)) for i, ((t, o, h), _) in enumerate(KITTI_CARS)]
+    _text(root / "label_2/000000.txt", *lines)
+    record = read_dataset(root, "kitti", kitti_difficulty=difficulty).records[0]
+    order = ["easy", "moderate", "hard"]
+    scored = [difficulty == "all" or (lowest is not None and order.index(lowest) <= order.index(difficulty))
+              for _, lowest in KITTI_CARS]
+    assert record.boxes[:, 0].tolist() == [30.0 * i for i, keep in enumerate(scored) if keep]
+    assert record.ignore[:, 0].tolist() == [30.0 * i for i, keep in enumerate(scored) if not keep]
+
+
+def test_kitti_difficulty_is_checked(kitti, yolo):
+    with pytest.raises(DetectorError, match="KITTI difficulty must be all, easy, moderate, hard; got 'medium'"):
+        read_dataset(kitti, "kitti", kitti_difficulty="medium")
+    with pytest.raises(DetectorError, match="data.kitti_difficulty is only used by the kitti format, not 'yolo'"):
+        read_dataset(yolo, "yolo", kitti_difficulty="hard")
+
+
 def test_yolo_converts_normalized_centres_with_the_image_size(yolo):
     dataset = read_dataset(yolo, "yolo")
     assert dataset.class_names == ["car", "truck"]
@@ -311,6 +352,15 @@ def test_kitti_tiny_acceptance_numbers(shared_data):
     assert (counts["Car"], counts["Van"], counts["Truck"]) == (209, 25, 10)
     assert sum(len(r.ignore) for r in dataset.records) == 188
     assert "DontCare" not in dataset.class_names
+
+
+def test_kitti_tiny_hard_difficulty_keeps_the_cars_the_benchmark_scores(shared_data):
+    """Counted from the label files (height >= 25 px, occluded <= 2, truncated <= 0.5): 50 of the 62 validation
+    cars (000050-000074) and 107 of the 147 training cars."""
+    dataset = read_dataset(shared_data / "kitti_tiny", "kitti", classes=["Car"], kitti_difficulty="hard")
+    val = [r for r in dataset.records if int(r.image_path.stem) >= 50]
+    train = [r for r in dataset.records if int(r.image_path.stem) < 50]
+    assert (sum(len(r.boxes) for r in val), sum(len(r.boxes) for r in train)) == (50, 107)
 
 
 def test_drone_cars_yolo_and_voc_give_identical_boxes(shared_data):
