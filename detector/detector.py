@@ -78,8 +78,10 @@ class FastRCNN(nn.Module):
 
         images: list of (3, h, w) float in [0, 1]; targets: per image, boxes in the same pixels."""
         batch = self.preprocess(images, proposals=proposals)
+        return self._losses(batch, self.backbone(batch.images), targets)
+
+    def _losses(self, batch: ImageBatch, features: list[torch.Tensor], targets: list[Targets]) -> dict[str, torch.Tensor]:
         targets = [t.to(self.device) for t in targets]
-        features = self.backbone(batch.images)
         proposals_per_image, proposal_losses = self.proposal_source(batch, features, targets)
         _, roi_losses = self.roi_heads(features, proposals_per_image, batch.image_sizes, targets)
         return {**proposal_losses, **roi_losses}
@@ -94,7 +96,22 @@ class FastRCNN(nn.Module):
         """Detections per image, boxes in original image pixels ((3, h, w) inputs were resized from
         `original_sizes`, default: not resized)."""
         batch = self.preprocess(images, original_sizes, proposals)
+        return self._detect(batch, self.backbone(batch.images))
+
+    @torch.no_grad()
+    def predict_with_losses(
+        self,
+        images: list[torch.Tensor],
+        targets: list[Targets],
+        original_sizes: list[tuple[int, int]] | None = None,
+        proposals: list[torch.Tensor] | None = None,
+    ) -> tuple[list[Detections], dict[str, torch.Tensor]]:
+        """`predict` and `forward`'s losses (targets in the input pixels) from one backbone pass, for validation."""
+        batch = self.preprocess(images, original_sizes, proposals)
         features = self.backbone(batch.images)
+        return self._detect(batch, features), self._losses(batch, features, targets)
+
+    def _detect(self, batch: ImageBatch, features: list[torch.Tensor]) -> list[Detections]:
         proposals_per_image, _ = self.proposal_source(batch, features, None)
         results, _ = self.roi_heads(features, proposals_per_image, batch.image_sizes)
         return self.postprocess(results, batch)

@@ -148,12 +148,14 @@ def _evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.d
     loss_sums: dict[str, float] = {}
     batches = 0
     for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
-        if with_loss:
-            losses = model(batch.images, [t.to(device) for t in batch.targets], batch.proposals)
+        if with_loss:  # one backbone pass for both
+            detections, losses = model.predict_with_losses(batch.images, batch.targets, batch.original_sizes,
+                                                           batch.proposals)
             for key, value in losses.items():
                 loss_sums[key] = loss_sums.get(key, 0.0) + float(value)
             batches += 1
-        detections = model.predict(batch.images, batch.original_sizes, batch.proposals)
+        else:
+            detections = model.predict(batch.images, batch.original_sizes, batch.proposals)
         originals = [records[i] for i in batch.image_ids]
         targets = [Targets(r.boxes, r.labels, (r.height, r.width), r.ignore) for r in originals]
         evaluator.process(batch.image_ids, targets, [d.to("cpu") for d in detections])

@@ -107,3 +107,21 @@ def test_predict_returns_original_coordinates(tiny_images):
         assert len(d) > 0
         assert (d.boxes[:, 2] <= 96 + 1e-3).all() and (d.boxes[:, 3] <= 64 + 1e-3).all()
         assert d.boxes[:, 2].max() > 48, "boxes are scaled back to the original size"
+
+
+def test_predict_with_losses_equals_predict_and_forward(tiny_images, tiny_targets):
+    """Validation's single backbone pass gives what the two separate calls give."""
+    model = _build("model.weights=none", "model.score_thresh=0.0").eval()
+    images, sizes = list(tiny_images), [(64, 96), (64, 96)]
+    torch.manual_seed(5)
+    detections, losses = model.predict_with_losses(images, tiny_targets, sizes)
+    torch.manual_seed(5)  # the losses sample anchors and ROIs: the same draws
+    with torch.no_grad():
+        expected_losses = model(images, tiny_targets)
+    expected = model.predict(images, sizes)
+    assert losses.keys() == expected_losses.keys()
+    for key, value in losses.items():
+        assert value.item() == expected_losses[key].item(), key
+    for got, want in zip(detections, expected, strict=True):
+        assert len(want) > 0
+        assert torch.equal(got.boxes, want.boxes) and torch.equal(got.scores, want.scores)
