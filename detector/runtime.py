@@ -90,8 +90,6 @@ def onnx_backbone(backbone: nn.Module, threads: int) -> OnnxBackbone:
         model_bytes = export_onnx(backbone, example)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        # idle workers sleep instead of spinning, so they do not take the cores from PyTorch's head that runs next
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         converted = OnnxBackbone(onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"]))
         with torch.no_grad():
             expected, got = backbone(example), converted(example)
