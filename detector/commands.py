@@ -35,13 +35,15 @@ def run_eval(args: argparse.Namespace) -> int:
     from detector.distributed import resolve_device
     from detector.engine import evaluate
     from detector.runs import new_run_dir, prepare_out_dir
+    from detector.runtime import prepare_for_inference
 
     payload = load_checkpoint(args.checkpoint)
     config = apply_overrides(checkpoint_config(payload, args.checkpoint), [*args.overrides, f"data.format={args.format}"])
     model = build_detector(config, pretrained=False)
     load_model_state(model, payload["model"], args.checkpoint)
     device = resolve_device(config.train.device)
-    model.to(device)
+    model.to(device).eval()
+    runtime = prepare_for_inference(model, args.runtime, device)
     dataset = read_dataset_for_checkpoint(config, args.dataset, args.checkpoint)
     if args.filter:
         dataset = filter_records(dataset, args.filter, True, "--filter")
@@ -50,6 +52,7 @@ def run_eval(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out) if args.out else new_run_dir("runs/eval", Path(args.checkpoint).parent.name)
     output = evaluate(model, dataset, config, device)
     result = output.result
+    print(f"backbone runtime: {runtime} on {device}")
     print(result.table())
     for key, value in output.losses.items():
         print(f"{key}: {value:.4f}")

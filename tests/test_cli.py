@@ -115,6 +115,24 @@ def test_eval_writes_metrics_and_pictures(tiny_checkpoint, tmp_path):
         assert (out / name).stat().st_size > 0, name
 
 
+def test_eval_with_the_onnx_runtime_gives_the_same_metrics(tiny_checkpoint, tmp_path):
+    import json
+
+    val = tiny_checkpoint.parent.parent.parent / "data" / "val"
+    outputs = {}
+    for runtime in ("torch", "onnx"):
+        result = run("eval", str(tiny_checkpoint), str(val), "--format", "coco", "--out", str(tmp_path / runtime),
+                     "--runtime", runtime)
+        assert result.returncode == 0, result.stderr
+        assert f"backbone runtime: {runtime} on cpu" in result.stdout
+        outputs[runtime] = (json.loads((tmp_path / runtime / "metrics.json").read_text()),
+                            json.loads((tmp_path / runtime / "detections.json").read_text()))
+    (torch_metrics, torch_detections), (onnx_metrics, onnx_detections) = outputs["torch"], outputs["onnx"]
+    assert len(torch_detections) > 0 and abs(len(onnx_detections) - len(torch_detections)) <= 2
+    for key in ("AP", "AP50", "AP75", "AR100"):
+        assert abs(onnx_metrics[key] - torch_metrics[key]) <= 0.01, key
+
+
 def test_detect_on_the_dashcam_clip(tiny_checkpoint, shared_data, tmp_path):
     import json
 
