@@ -1,6 +1,6 @@
 """Draw a checkpoint's detections on validation images into one small PNG grid (for docs and the README).
 
-    python scripts/predictions_grid.py runs/drone_cars/best.pt -c configs/drone_cars.yaml --out docs/benchmarks/drone_cars/predictions.png
+    python scripts/predictions_grid.py runs/drone_cars/best.pt -c configs/drone_cars.yaml --out docs/benchmarks/drone_cars/predictions.jpg
 """
 
 from __future__ import annotations
