@@ -36,11 +36,12 @@ class Detector:
     """A trained detector with its preprocessing: give it images in any size, get boxes in their pixels."""
 
     def __init__(self, model: FastRCNN, config: Config, device: torch.device | str = "cpu",
-                 runtime: str = "auto") -> None:
+                 runtime: str = "auto", copy_model: bool = True) -> None:
         """`runtime` (detector.runtime: auto, torch or onnx) swaps the backbone of a copy of `model` for its faster
-        inference version (the caller's model stays trainable); `self.runtime` says which one runs."""
+        inference version (the caller's model stays trainable; `copy_model=False` when nobody else holds it);
+        `self.runtime` says which one runs."""
         self.device = torch.device(device)
-        self.model = copy.deepcopy(model).to(self.device).eval()
+        self.model = (copy.deepcopy(model) if copy_model else model).to(self.device).eval()
         self.runtime = prepare_for_inference(self.model, runtime, self.device)
         self.config = config
         self.transform = build_transform(None, config.data.max_size, train=False)
@@ -62,7 +63,7 @@ class Detector:
                                 "run `detector eval` with that file, or use a checkpoint trained with the RPN")
         model = build_detector(config, pretrained=False)
         load_model_state(model, payload["model"], checkpoint)
-        return cls(model, config, resolve_device(device), runtime)
+        return cls(model, config, resolve_device(device), runtime, copy_model=False)  # the model is ours alone
 
     def _to_tensor(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
         if isinstance(image, (str, Path)):
