@@ -95,8 +95,9 @@ class DataConfig:
     # Source class names that become ignore regions (neither positive nor negative).
     ignore_classes: list[str] = field(default_factory=lambda: ["DontCare"])
     names_file: str = ""  # YOLO: class names file or data YAML
-    # KITTI only: all | easy | moderate | hard. At a level, objects the KITTI benchmark would not score there
-    # (too short, too occluded or truncated; detector/data/kitti.py) become ignore regions.
+    # KITTI only: all | easy | moderate | hard, the level validation (and `detector eval`) scores at: objects the
+    # KITTI benchmark would not score there (too short, too occluded or truncated; detector/data/kitti.py) become
+    # ignore regions. Training always learns from every labelled object.
     kitti_difficulty: str = "all"
     # Longest image side fed to the model (images are resized keeping their aspect ratio).
     max_size: int = 320

@@ -54,9 +54,12 @@ def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
         train_file, val_file = render_synthetic(data, config.train.seed)
         coco = replace(data, format="coco")
         return read_split(coco, str(train_file), class_names), read_split(coco, str(val_file), class_names)
-    train = read_split(data, data.train_path, class_names)
+    # KITTI's difficulty levels say which objects the benchmark scores: validation only. Training learns from
+    # every labelled object (a short or truncated car is still a car, not background or an ignore region).
+    train = read_split(replace(data, kitti_difficulty="all"), data.train_path, class_names)
     if data.val_filter:
-        val = filter_records(train, data.val_filter, True, "data.val_filter")
+        scored = train if data.kitti_difficulty == "all" else read_split(data, data.train_path, class_names)
+        val = filter_records(scored, data.val_filter, True, "data.val_filter")
         train = filter_records(train, data.val_filter, False, "data.val_filter")
     else:
         val = read_split(data, data.val_path or data.train_path, class_names)

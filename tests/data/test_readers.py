@@ -9,9 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
+from detector.config import load_config
+from detector.data.build import build_datasets
 from detector.data.readers import FORMATS, detect_format, read_dataset
 from detector.structures import DetectorError
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 KITTI_LINE = "{} 0.00 0 0.00 {} {} {} {} 1.5 1.6 3.9 1.0 1.5 10.0 0.1"
 
 
@@ -362,6 +365,18 @@ def test_kitti_tiny_hard_difficulty_keeps_the_cars_the_benchmark_scores(shared_d
     train = [r for r in dataset.records if int(r.image_path.stem) < 50]
     assert (sum(len(r.boxes) for r in val), sum(len(r.boxes) for r in train)) == (50, 107)
 
+
+
+def test_kitti_cars_config_scores_validation_at_hard_and_trains_on_every_car(shared_data):
+    """configs/kitti_cars.yaml: the hard level applies to validation only (50 of its 62 cars scored, the other
+    12 ignore regions); training keeps all 147 of its cars as objects."""
+    config = load_config(str(CONFIGS / "kitti_cars.yaml"), [f"data.train_path={shared_data / 'kitti_tiny'}"])
+    train, val = build_datasets(config)
+    assert (len(train.records), len(val.records)) == (50, 25)
+    assert (sum(len(r.boxes) for r in train.records), sum(len(r.boxes) for r in val.records)) == (147, 50)
+    everything = read_dataset(shared_data / "kitti_tiny", "kitti", classes=["Car"], ignore_classes=config.data.ignore_classes)
+    val_ignores = sum(len(r.ignore) for r in everything.records if int(r.image_path.stem) >= 50)
+    assert sum(len(r.ignore) for r in val.records) == val_ignores + 12
 
 def test_drone_cars_yolo_and_voc_give_identical_boxes(shared_data):
     root = shared_data / "drone_cars"
