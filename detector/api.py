@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 import torch
 
-from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
-from detector.config import Config, apply_overrides
+from detector.config import Config
 from detector.data.dataset import image_to_tensor
 from detector.data.images import load_image
 from detector.data.transforms import build_transform
-from detector.detector import FastRCNN, build_detector
+from detector.detector import FastRCNN, load_detector
 from detector.distributed import resolve_device
 from detector.runtime import prepare_for_inference
 from detector.structures import Detections, DetectorError
@@ -56,13 +55,10 @@ class Detector:
         """Load a checkpoint written by `detector train` (weights only: no code in it runs); `overrides`
         (``section.key=value``) change inference settings such as model.score_thresh or data.max_size;
         `runtime` picks how the backbone runs (detector.runtime: ONNX Runtime on CPU by default)."""
-        payload = load_checkpoint(checkpoint)
-        config = apply_overrides(checkpoint_config(payload, checkpoint), overrides)
+        model, config = load_detector(checkpoint, overrides)
         if config.model.proposals == "file":
             raise DetectorError(f"checkpoint {checkpoint} uses proposals from a file (model.proposals: file); "
                                 "run `detector eval` with that file, or use a checkpoint trained with the RPN")
-        model = build_detector(config, pretrained=False)
-        load_model_state(model, payload["model"], checkpoint)
         return cls(model, config, resolve_device(device), runtime, copy_model=False)  # the model is ours alone
 
     def _to_tensor(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:

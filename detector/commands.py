@@ -29,20 +29,16 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
     from detector.data.build import filter_records
-    from detector.detector import build_detector
+    from detector.detector import load_detector
     from detector.distributed import resolve_device
     from detector.engine import evaluate
     from detector.runs import new_run_dir, prepare_out_dir
     from detector.runtime import prepare_for_inference
 
-    payload = load_checkpoint(args.checkpoint)
-    config = apply_overrides(checkpoint_config(payload, args.checkpoint), [*args.overrides, f"data.format={args.format}"])
-    model = build_detector(config, pretrained=False)
-    load_model_state(model, payload["model"], args.checkpoint)
+    model, config = load_detector(args.checkpoint, [*args.overrides, f"data.format={args.format}"])
     device = resolve_device(config.train.device)
-    model.to(device).eval()
+    model.to(device)
     runtime = prepare_for_inference(model, args.runtime, device)
     dataset = read_dataset_for_checkpoint(config, args.dataset, args.checkpoint)
     if args.filter:

@@ -8,6 +8,8 @@ the data transforms: the model only normalizes, pads to a stride multiple and re
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,8 @@ from torch import nn
 
 from detector.anchors import AnchorGenerator
 from detector.backbone import Backbone, build_backbone
-from detector.config import Config
+from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
+from detector.config import Config, apply_overrides
 from detector.proposals import FileProposals, SelectiveSearchProposals
 from detector.roi_heads import ConvHead, FCHead, Predictor, RoIHeads
 from detector.roi_pool import RoIPool
@@ -187,3 +190,13 @@ def build_detector(config: Config, pretrained: bool = True) -> FastRCNN:
     )
     size_divisible = max(32, max(backbone.strides))
     return FastRCNN(backbone, build_proposal_source(config, backbone), roi_heads, model.class_names, size_divisible)
+
+
+def load_detector(checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple[FastRCNN, Config]:
+    """The trained model of a checkpoint written by `detector train` (weights only: no code in it runs), in eval
+    mode on the CPU, and its config with ``overrides`` (``section.key=value``, e.g. model.score_thresh) applied."""
+    payload = load_checkpoint(checkpoint)
+    config = apply_overrides(checkpoint_config(payload, checkpoint), overrides)
+    model = build_detector(config, pretrained=False)
+    load_model_state(model, payload["model"], checkpoint)
+    return model.eval(), config

@@ -42,13 +42,12 @@ from benchmark import limit_images, train_and_score_peer, train_ours
 from peer import peer_from_config, predict_peer
 
 from detector.api import Detector
-from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
 from detector.config import Config, load_config
 from detector.data.build import build_datasets
 from detector.data.dataset import image_to_tensor
 from detector.data.images import load_image
 from detector.data.transforms import build_transform
-from detector.detector import build_detector
+from detector.detector import load_detector
 from detector.runs import json_safe
 from detector.structures import DetectorError
 
@@ -90,9 +89,7 @@ def load_predict(kind: str, config: Config, weights: str, device: torch.device):
         model.to(device).eval()
         names = list(config.model.class_names)
         return lambda images, sizes: predict_peer(model, images, sizes, names)
-    payload = load_checkpoint(weights)
-    model = build_detector(checkpoint_config(payload, weights), pretrained=False)
-    load_model_state(model, payload["model"], weights)
+    model, _ = load_detector(weights)
     return Detector(model, config, device, runtime="torch", copy_model=False).model.predict
 
 

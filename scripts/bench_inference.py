@@ -41,11 +41,10 @@ import torchvision
 from torch import nn
 
 from detector.api import Detector
-from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
-from detector.config import Config, apply_overrides, load_config
+from detector.config import Config, load_config
 from detector.data.images import list_images, load_image
 from detector.data.transforms import build_transform
-from detector.detector import FastRCNN, build_detector
+from detector.detector import FastRCNN, build_detector, load_detector
 from detector.runs import json_safe
 from detector.runtime import ChannelsLastBackbone, onnx_backbone
 from detector.structures import DetectorError
@@ -124,11 +123,8 @@ def load_model(args: argparse.Namespace) -> tuple[FastRCNN, Config, str]:
     """The eval-mode model, its config (data.max_size = --size) and a one-line description."""
     overrides = [f"data.max_size={args.size}", *args.set]
     if args.checkpoint:
-        payload = load_checkpoint(args.checkpoint)
-        config = apply_overrides(checkpoint_config(payload, args.checkpoint), overrides)
-        model = build_detector(config, pretrained=False)
-        load_model_state(model, payload["model"], args.checkpoint)
-        return model.eval(), config, f"trained checkpoint {args.checkpoint}"
+        model, config = load_detector(args.checkpoint, overrides)
+        return model, config, f"trained checkpoint {args.checkpoint}"
     config = load_config(args.config, overrides)
     return build_detector(config, pretrained=False).eval(), config, f"{args.config or 'default config'}, random weights"
 

@@ -54,13 +54,12 @@ import torchvision
 from peer import evaluate_peer, peer_from_config, predict_peer, train_peer
 
 from detector.api import Detector
-from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
 from detector.config import Config, apply_overrides, config_from_dict, load_config
 from detector.data.build import build_datasets
 from detector.data.dataset import image_to_tensor
 from detector.data.images import load_image
 from detector.data.transforms import build_transform
-from detector.detector import build_detector
+from detector.detector import load_detector
 from detector.engine import Trainer
 from detector.runs import json_safe, new_run_dir, read_metrics
 from detector.structures import Dataset, DetectorError
@@ -246,10 +245,8 @@ def _load_model(kind: str, config: Config, weights: str, runtime: str) -> tuple[
         names = list(config.model.class_names)
         model.eval()
         return (lambda images, sizes: predict_peer(model, images, sizes, names)), "torch"
-    payload = load_checkpoint(weights)
-    model = build_detector(checkpoint_config(payload, weights), pretrained=False)
-    load_model_state(model, payload["model"], weights)
-    detector = Detector(model, config, "cpu", runtime)
+    model, _ = load_detector(weights)
+    detector = Detector(model, config, "cpu", runtime, copy_model=False)
     return detector.model.predict, detector.runtime
 
 
