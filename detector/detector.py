@@ -55,7 +55,6 @@ class FastRCNN(nn.Module):
         images: list[torch.Tensor],
         original_sizes: list[tuple[int, int]] | None = None,
         proposals: list[torch.Tensor] | None = None,
-        image_ids: list[int] | None = None,
     ) -> ImageBatch:
         """Normalize (3, h, w) images in [0, 1] and zero-pad them into one (N, 3, H, W) batch,
         H and W the largest sizes rounded up to a multiple of `size_divisible`."""
@@ -69,7 +68,7 @@ class FastRCNN(nn.Module):
         ])
         if proposals is not None:
             proposals = [p.to(self.device, torch.float32) for p in proposals]
-        return ImageBatch(batch, sizes, list(original_sizes or sizes), list(image_ids or []), proposals)
+        return ImageBatch(batch, sizes, list(original_sizes or sizes), proposals)
 
     def forward(
         self,

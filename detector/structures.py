@@ -161,14 +161,13 @@ class ImageBatch:
     images: (N, 3, H, W) float32, normalized and zero-padded to a stride multiple;
     image_sizes: per image (height, width) before padding (the transformed image);
     original_sizes: per image (height, width) of the source image, for mapping detections back;
-    image_ids: dataset image ids; proposals: optional per-image (P_i, 4) xyxy boxes in input
-    coordinates (precomputed proposals read from a file and transformed with the image).
+    proposals: optional per-image (P_i, 4) xyxy boxes in input coordinates (precomputed proposals read from a
+    file and transformed with the image).
     """
 
     images: torch.Tensor
     image_sizes: list[tuple[int, int]]
     original_sizes: list[tuple[int, int]]
-    image_ids: list[int] = field(default_factory=list)
     proposals: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
@@ -176,4 +175,4 @@ class ImageBatch:
 
     def to(self, device: torch.device | str) -> "ImageBatch":
         proposals = None if self.proposals is None else [p.to(device) for p in self.proposals]
-        return ImageBatch(self.images.to(device), self.image_sizes, self.original_sizes, self.image_ids, proposals)
+        return ImageBatch(self.images.to(device), self.image_sizes, self.original_sizes, proposals)

@@ -46,7 +46,7 @@ def normalized_batch(images_rgb: list[np.ndarray], stride: int = 32) -> ImageBat
         tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255
         images[i, :, : image.shape[0], : image.shape[1]] = (tensor - MEAN) / STD
     sizes = [image.shape[:2] for image in images_rgb]
-    return ImageBatch(images, sizes, sizes, list(range(len(images_rgb))))
+    return ImageBatch(images, sizes, sizes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def test_proposals_for_record_looks_up_name_then_id(tmp_path):
 def test_file_proposals_clips_drops_degenerate_and_caps(tiny_images):
     boxes = torch.tensor([[-5, 10, 30, 60], [70, 40, 100, 45], [90, 0, 120, 10], [10, 10, 20, 20]], dtype=torch.float32)
     # image 0 is 50x80 inside the 64x96 padded tensor: clipping must use image_sizes, not the padding
-    batch = ImageBatch(tiny_images, [(50, 80), (64, 96)], [(50, 80), (64, 96)], [0, 1], [boxes, boxes[:0]])
+    batch = ImageBatch(tiny_images, [(50, 80), (64, 96)], [(50, 80), (64, 96)], [boxes, boxes[:0]])
     proposals, losses = FileProposals()(batch, [], None)
     assert losses == {}
     expected = torch.tensor([[0, 10, 30, 50], [70, 40, 80, 45], [10, 10, 20, 20]], dtype=torch.float32)
@@ -205,7 +205,7 @@ def test_file_proposals_clips_drops_degenerate_and_caps(tiny_images):
 
 
 def test_file_proposals_without_batch_proposals(tiny_images):
-    batch = ImageBatch(tiny_images, [(64, 96)] * 2, [(64, 96)] * 2, [0, 1])
+    batch = ImageBatch(tiny_images, [(64, 96)] * 2, [(64, 96)] * 2)
     with pytest.raises(DetectorError, match="model.proposals_file"):
         FileProposals()(batch, [], None)
 
