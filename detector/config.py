@@ -155,7 +155,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads for torch (0 = torch's default)
     sync_bn: bool = False  # SyncBatchNorm under DDP (only when frozen_bn is off)
-    time_budget_min: float = 0.0  # stop training after this many minutes (0 = no limit)
+    # Stop training after this many wall-clock minutes (0 = no limit); a resumed run counts its earlier time.
+    time_budget_min: float = 0.0
     log_every: int = 10  # iterations between metrics.jsonl rows
 
 

@@ -192,6 +192,7 @@ class Trainer:
         self.batches_per_epoch = math.ceil(len(self.sampler) / config.train.batch_size)
         steps_per_epoch = math.ceil(self.batches_per_epoch / config.train.accumulate)
         self.started = time.monotonic()
+        self.seconds_before = 0.0  # training time of the invocations a resumed run continues (budget clock)
         self.scheduler = build_scheduler(self.optimizer, config.train, config.train.epochs * steps_per_epoch,
                                          clock=self.budget_fraction if config.train.time_budget_min else None)
         use_fp16 = config.train.amp == "fp16" and self.device.type == "cuda"
@@ -221,6 +222,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
             "best_ap": self.best_ap,
+            "train_seconds": self.train_seconds(),
             "rng": rng_state(),
         }
 
@@ -239,6 +241,7 @@ class Trainer:
             self.ema.load_state_dict(payload["ema"])
         self.epoch, self.batch_in_epoch = payload["epoch"], payload["batch_in_epoch"]
         self.step, self.best_ap = payload["step"], payload["best_ap"]
+        self.seconds_before = float(payload.get("train_seconds", 0.0))  # absent in checkpoints before it existed
         set_rng_state(payload["rng"])
 
     # ---- signals -----------------------------------------------------------------------------
@@ -283,11 +286,16 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=dtype, enabled=enabled):
             return self.ddp_model(batch.images, batch.targets, batch.proposals)
 
+    def train_seconds(self) -> float:
+        """Wall-clock seconds this run has trained (validation included), over all its invocations."""
+        return self.seconds_before + time.monotonic() - self.started
+
     def budget_fraction(self) -> float:
-        """Fraction of `train.time_budget_min` used by this invocation (0 without a budget); rank 0's clock
-        under DDP, so all ranks follow the same learning rate and stop together."""
+        """Fraction of `train.time_budget_min` used by this run, a resumed run counting the time before its
+        interruption (0 without a budget); rank 0's clock under DDP, so all ranks follow the same learning rate
+        and stop together."""
         budget = self.config.train.time_budget_min * 60
-        return dist.broadcast_float((time.monotonic() - self.started) / budget) if budget > 0 else 0.0
+        return dist.broadcast_float(self.train_seconds() / budget) if budget > 0 else 0.0
 
     def train_one_epoch(self) -> bool:
         """Train on the rest of the current epoch; False if the time budget ran out first."""
