@@ -22,6 +22,7 @@ Ours runs as `Detector` runs it on a GPU (the PyTorch backbone); the peer is tor
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import re
@@ -30,6 +31,7 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,7 @@ from detector.data.images import load_image
 from detector.data.transforms import build_transform
 from detector.detector import load_detector
 from detector.runs import json_safe
-from detector.structures import DetectorError
+from detector.structures import Detections, DetectorError
 
 ROWS = {"ours": ("ours", ()), "peer": ("peer", ()), "ours bf16": ("ours", ("train.amp=bf16",))}
 RUNS_DIR = "runs/bench_gpu"
@@ -81,7 +83,8 @@ def row_config(args: argparse.Namespace, name: str, overrides: tuple[str, ...]) 
     return config
 
 
-def load_predict(kind: str, config: Config, weights: str, device: torch.device):
+def load_predict(kind: str, config: Config, weights: str,
+                 device: torch.device) -> Callable[[list[torch.Tensor], list[tuple[int, int]]], list[Detections]]:
     """``predict(images, original_sizes)`` of a trained row on ``device``, as it runs for users."""
     if kind == "peer":
         model = peer_from_config(config, pretrained=False)
@@ -102,6 +105,9 @@ def measure_inference(kind: str, config: Config, weights: str, paths: list[str],
     for path in paths:
         image = load_image(path)
         inputs.append((image_to_tensor(transform(image, empty_boxes, empty_labels, empty_boxes).image), image.shape[:2]))
+    gc.collect()  # the training row's Trainer (and its tensors) must not count in the inference peak
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     reset_gpu_peak(device)
     timings = []
     with torch.inference_mode():
@@ -196,8 +202,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [r for r in args.rows.split(",") if r.strip() not in ROWS]
     if unknown:
         parser.error(f"--rows has unknown entries {unknown}; expected some of: {', '.join(ROWS)}")
-    if args.budget_min <= 0 or args.calls < 1 or args.batch < 1 or args.warmup < 0:
-        parser.error("--budget-min, --calls and --batch must be positive and --warmup non-negative")
+    for option, value, smallest in (("--budget-min", args.budget_min, 1e-9), ("--calls", args.calls, 1),
+                                    ("--batch", args.batch, 1), ("--warmup", args.warmup, 0),
+                                    ("--num-workers", args.num_workers, 0), ("--max-images", args.max_images, 0)):
+        if value < smallest:
+            parser.error(f"{option} must be {'positive' if smallest > 0 else 'non-negative'}, got {value}")
     return args
 
 

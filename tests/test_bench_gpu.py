@@ -69,6 +69,9 @@ def test_rejects_unknown_rows_and_a_missing_gpu(bench_gpu, capsys):
     with pytest.raises(SystemExit):
         bench_gpu.parse_args(["--config", DEMO_CONFIG, "--rows", "ours,fpn"])
     assert "--rows has unknown entries ['fpn']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_gpu.parse_args(["--config", DEMO_CONFIG, "--max-images", "-1"])
+    assert "--max-images must be non-negative, got -1" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert bench_gpu.main(["--config", DEMO_CONFIG, "--device", "cuda"]) == 2
         assert "--device is 'cuda' but CUDA is not available" in capsys.readouterr().err

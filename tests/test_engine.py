@@ -99,7 +99,6 @@ def test_runs_never_overwrite_and_write_outputs(tmp_path):
     assert load_config(first / "config.yaml") == config
 
 
-
 def test_a_resumed_run_keeps_counting_its_time_budget(tmp_path):
     config = load_config(None, tiny_run_overrides(tmp_path, **{"train.epochs": 1, "train.time_budget_min": 10}))
     run = Trainer(config, progress=False).fit()
@@ -112,6 +111,7 @@ def test_a_resumed_run_keeps_counting_its_time_budget(tmp_path):
     del payload["train_seconds"]  # a checkpoint written before the field existed starts the clock afresh
     torch.save(payload, run / "last.pt")
     assert Trainer(config, resume=run / "last.pt", progress=False).budget_fraction() < 0.01
+
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     config = load_config(None, tiny_run_overrides(tmp_path))

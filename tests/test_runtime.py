@@ -12,10 +12,9 @@ from torchvision.ops import box_iou
 from detector import runtime
 from detector.api import Detector
 from detector.backbone import Backbone, build_backbone
-from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
-from detector.config import apply_overrides
+from detector.checkpoint import checkpoint_config, load_checkpoint
 from detector.data.images import list_images
-from detector.detector import FastRCNN, build_detector
+from detector.detector import FastRCNN, load_detector
 from detector.runtime import ChannelsLastBackbone, OnnxBackbone, prepare_for_inference
 from detector.structures import Detections, DetectorError
 
@@ -27,10 +26,7 @@ def val_images(checkpoint: Path) -> list[Path]:
 
 def plain_model(checkpoint: Path, overrides: list[str]) -> FastRCNN:
     """The checkpoint's model as training left it: PyTorch backbone, contiguous (NCHW) weights."""
-    payload = load_checkpoint(checkpoint)
-    model = build_detector(apply_overrides(checkpoint_config(payload, checkpoint), overrides), pretrained=False)
-    load_model_state(model, payload["model"], checkpoint)
-    return model.eval()
+    return load_detector(checkpoint, overrides)[0]
 
 
 def assert_same_detections(expected: Detections, got: Detections) -> None:

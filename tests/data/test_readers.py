@@ -366,7 +366,6 @@ def test_kitti_tiny_hard_difficulty_keeps_the_cars_the_benchmark_scores(shared_d
     assert (sum(len(r.boxes) for r in val), sum(len(r.boxes) for r in train)) == (50, 107)
 
 
-
 def test_kitti_cars_config_scores_validation_at_hard_and_trains_on_every_car(shared_data):
     """configs/kitti_cars.yaml: the hard level applies to validation only (50 of its 62 cars scored, the other
     12 ignore regions); training keeps all 147 of its cars as objects."""
@@ -377,6 +376,7 @@ def test_kitti_cars_config_scores_validation_at_hard_and_trains_on_every_car(sha
     everything = read_dataset(shared_data / "kitti_tiny", "kitti", classes=["Car"], ignore_classes=config.data.ignore_classes)
     val_ignores = sum(len(r.ignore) for r in everything.records if int(r.image_path.stem) >= 50)
     assert sum(len(r.ignore) for r in val.records) == val_ignores + 12
+
 
 def test_drone_cars_yolo_and_voc_give_identical_boxes(shared_data):
     root = shared_data / "drone_cars"
