@@ -337,7 +337,8 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
     budgets = sorted({str(r.get("budget_min")) for r in rows if "budget_min" in r})
     markdown = "\n".join([
         f"# Benchmark: {results['config']}", "",
-        (f"Wall-clock training budget per row: {', '.join(budgets)} min. Same split, input size, backbone and budget "
+        (f"Wall-clock training budget per row: {', '.join(budgets)} min; a row trains to its config's epoch count or "
+         "to the budget, whichever comes first (see the commands). Same split, input size, backbone and budget "
          "for every row; AP on the validation split; inference at batch 1 on CPU with "
          f"{INFERENCE_THREADS} threads (median); peak RSS of a process holding only that model."), "",
         format_table(rows), "", "Commands:", "",
@@ -346,7 +347,35 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
     ])
     (out / "results.json").write_text(json.dumps(json_safe(results), indent=2))
     (out / "results.md").write_text(markdown)
+    plot_rows(rows, out / "results.png")
     return markdown
+
+
+def plot_rows(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """A bar chart of AP and AP50 per measured row (rows copied from a twin are left out); None if none has AP."""
+    measured = [r for r in rows if r.get("AP") is not None and not str(r.get("note", "")).startswith("same config")]
+    if not measured:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in measured][::-1]  # top to bottom in table order
+    positions = np.arange(len(names))
+    figure, axes = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    for offset, metric, color in ((0.2, "AP50", "#9ecae1"), (-0.2, "AP", "#3182bd")):
+        values = [r[metric] if r.get(metric) is not None else 0.0 for r in measured][::-1]
+        bars = axes.barh(positions + offset, values, height=0.4, color=color, label=metric)
+        axes.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    axes.set_yticks(positions, names, fontsize=8)
+    axes.set_xlim(0, 1.1)
+    axes.set_xlabel("COCO metric on the validation split")
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def _load_results(out: Path, config_path: str) -> dict[str, Any]:

@@ -106,3 +106,13 @@ def test_row_selection_and_ratio_table(benchmark):
     rows = [{"name": "ours", "AP": 0.3, "train_s_per_iter": 1.0}, {"name": "peer", "AP": 0.2, "train_s_per_iter": 2.0}]
     ratio = benchmark.format_table(rows).splitlines()[-1].split(" | ")
     assert ratio[1] == "1.50" and ratio[7] == "0.50" and ratio[2] == "n/a"
+
+
+def test_results_chart_is_written_when_a_row_has_ap(benchmark, tmp_path):
+    rows = [{"name": "ours", "AP": 0.6, "AP50": 0.9}, {"name": "frozen_bn=true", "AP": 0.6, "AP50": 0.9,
+                                                       "note": "same config as ours"},
+            {"name": "weights=none", "AP": 0.1, "AP50": None}]
+    path = benchmark.plot_rows(rows, tmp_path / "results.png")
+    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert benchmark.plot_rows([{"name": "peer", "note": "skipped"}], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
