@@ -25,7 +25,6 @@ import argparse
 import gc
 import json
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -40,11 +39,12 @@ import torch
 import torchvision
 
 # scripts/ is on sys.path when this file runs as a script, so its siblings import by name
-from benchmark import limit_images, train_and_score_peer, train_ours
+from benchmark import Row, train_and_score_peer, train_ours
+from benchmark import row_config as benchmark_row_config
 from peer import peer_from_config, predict_peer
 
 from detector.api import Detector
-from detector.config import Config, load_config
+from detector.config import Config
 from detector.data.build import build_datasets
 from detector.data.dataset import image_to_tensor
 from detector.data.images import load_image
@@ -54,7 +54,6 @@ from detector.runs import json_safe
 from detector.structures import Detections, DetectorError
 
 ROWS = {"ours": ("ours", ()), "peer": ("peer", ()), "ours bf16": ("ours", ("train.amp=bf16",))}
-RUNS_DIR = "runs/bench_gpu"
 
 
 def sync(device: torch.device) -> None:
@@ -72,15 +71,9 @@ def gpu_peak_mib(device: torch.device) -> float | None:
 
 
 def row_config(args: argparse.Namespace, name: str, overrides: tuple[str, ...]) -> Config:
-    slug = re.sub(r"[^A-Za-z0-9_]+", "-", f"{Path(args.config).stem}-{name}").strip("-")
-    config = load_config(args.config, [
-        *args.set, *overrides, f"train.device={args.device}", f"train.time_budget_min={args.budget_min}",
-        "train.eval_every=0", f"train.output_dir={RUNS_DIR}", f"train.name={slug}",
-        f"data.num_workers={args.num_workers}", "train.threads=0",
-    ])
-    if args.max_images:
-        limit_images(config, args.max_images)
-    return config
+    """scripts/benchmark.py's row config (budget, run folder under runs/bench, --max-images) on ``--device``."""
+    device = (f"train.device={args.device}", f"data.num_workers={args.num_workers}", "train.threads=0")
+    return benchmark_row_config(args, Row(name, ROWS[name][0], "gpu", (*overrides, *device)))
 
 
 def load_predict(kind: str, config: Config, weights: str,
@@ -197,7 +190,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8, help="images per call for the batched inference figure")
     parser.add_argument("--max-images", type=int, default=0, help="cap each split at this many images (smoke runs)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every row")
-    parser.add_argument("--out", default=RUNS_DIR, help="folder for results.json and results.md")
+    parser.add_argument("--out", default="runs/bench_gpu", help="folder for results.json and results.md")
     args = parser.parse_args(argv)
     unknown = [r for r in args.rows.split(",") if r.strip() not in ROWS]
     if unknown:
