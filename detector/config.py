@@ -27,7 +27,8 @@ class ModelConfig:
 
     # Foreground class names; num_classes (K) is their count. Label l is class_names[l - 1]; 0 is background.
     class_names: list[str] = field(default_factory=lambda: ["car"])
-    # efficientnet_lite0 (offline ImageNet weights) | resnet18 | resnet34 | resnet50 | mobilenet_v3_large | vgg16
+    # efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 (offline ImageNet weights) | resnet18 | resnet34 |
+    # resnet50 | mobilenet_v3_large | vgg16
     backbone: str = "efficientnet_lite0"
     # none | imagenet | /path/to/state_dict.pth
     weights: str = "imagenet"
@@ -63,13 +64,20 @@ class ModelConfig:
     # Output grid (rows, cols): [2, 3] is the lecture's 3x2 grid, [7, 7] the classic Fast R-CNN grid.
     roi_output_size: list[int] = field(default_factory=lambda: [7, 7])
     roi_sampling_ratio: int = 2  # RoIAlign samples per bin side (align mode only)
-    # Box head: fc (flatten -> two fully connected layers) | conv (a small conv head then one fc)
+    # Box head: fc (flatten -> two fully connected layers) | conv (a small conv head then one fc) |
+    # c4 (the backbone's pretrained last stage run on the pooled features, then global average pooling)
     head: str = "fc"
     head_dim: int = 512  # width of the fully connected layers
     roi_batch_per_image: int = 256  # proposals sampled per image for the box-head loss
     roi_positive_fraction: float = 0.25
     roi_fg_iou: float = 0.5  # proposals at or above this IoU with a box are foreground, the rest background
-    box_loss: str = "smooth_l1"  # smooth_l1 | giou
+    box_loss: str = "smooth_l1"  # smooth_l1 | l1 | giou | diou | ciou
+    # Multiplies the box loss; 0 = the loss's own default (detector/roi_heads.py), chosen so the IoU losses'
+    # gradients have the scale of smooth L1's.
+    box_loss_weight: float = 0.0
+    # Cascade R-CNN: one box-head stage per foreground IoU threshold, each refining the previous stage's boxes
+    # (e.g. [0.5, 0.6, 0.7]); empty = the single stage at roi_fg_iou.
+    cascade_ious: list[float] = field(default_factory=list)
     # Postprocess: score threshold, per-class NMS IoU and detections kept per image.
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
@@ -89,7 +97,10 @@ class DataConfig:
     # Regular expressions on image file names: images matching val_filter form the validation split
     # (a contiguous block, never a random split), the rest train; empty = use val_path.
     val_filter: str = ""
-    train_filter: str = ""  # optional: only train on images matching this
+    # Images matching test_filter form the test split, reported once and never tuned on; they are left out of
+    # training like validation's. Empty = no test split.
+    test_filter: str = ""
+    train_filter: str = ""  # optional: only train on images matching this (e.g. to leave gaps between blocks)
     # Map source class names to output names (e.g. {Car: car, Van: car}); unlisted names map to themselves.
     class_map: dict[str, str] = field(default_factory=dict)
     # Source class names that become ignore regions (neither positive nor negative).
@@ -101,6 +112,8 @@ class DataConfig:
     kitti_difficulty: str = "all"
     # Longest image side fed to the model (images are resized keeping their aspect ratio).
     max_size: int = 320
+    # Multi-scale training: the longest side of each training image is drawn from these sizes (empty = max_size).
+    train_sizes: list[int] = field(default_factory=list)
     # Synthetic data only: images rendered for train and val, and their size (height, width).
     synthetic_train_images: int = 240
     synthetic_val_images: int = 60
@@ -118,13 +131,18 @@ class AugmentConfig:
     scale: list[float] = field(default_factory=lambda: [0.75, 1.25])  # range of the scale factor
     translate: float = 0.1  # maximum shift as a fraction of the image size
     rotate: float = 5.0  # maximum rotation in degrees
+    # How a rotated box is refitted: ellipse (the box's inscribed ellipse, rotated: tight for car-shaped objects)
+    # | largest_box (the rotated box's corners: loose, a 94x44 car rotated 10 degrees gets a 60 px tall box)
+    rotate_method: str = "ellipse"
     brightness_contrast: float = 0.3
     hue_saturation: float = 0.2
     blur: float = 0.1
     noise: float = 0.1
     crop: float = 0.0  # probability of a random crop
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # crop area fraction
-    min_visibility: float = 0.3  # boxes less visible than this after crop or affine are dropped
+    min_visibility: float = 0.3  # objects less visible than this after crop or affine leave the labels
+    # What becomes of them: ignore (an ignore region: neither car nor background) | drop (background)
+    cut_objects: str = "ignore"
 
 
 @dataclass
@@ -168,6 +186,12 @@ class EvalConfig:
     confusion_score_thresh: float = 0.25
     confusion_iou: float = 0.5
     batch_size: int = 4
+    # Test-time augmentation: predict at several sizes (and flipped), fuse the boxes. Costs one pass per view.
+    tta: bool = False
+    tta_sizes: list[int] = field(default_factory=list)  # longest sides; empty = data.max_size and 1.25x it
+    tta_hflip: bool = True
+    tta_fusion: str = "wbf"  # wbf (weighted box fusion) | nms
+    tta_iou: float = 0.55  # boxes of different views at or above this IoU are fused
 
 
 @dataclass
@@ -282,12 +306,15 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 
 _CHOICES = {
-    ("model", "backbone"): ("efficientnet_lite0", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "vgg16"),
+    ("model", "backbone"): ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "vgg16"),
     ("model", "proposals"): ("rpn", "selective_search", "file"),
     ("model", "selective_search_mode"): ("fast", "quality"),
     ("model", "roi_pool_mode"): ("partition", "torchvision", "align"),
-    ("model", "head"): ("fc", "conv"),
-    ("model", "box_loss"): ("smooth_l1", "giou"),
+    ("model", "head"): ("fc", "conv", "c4"),
+    ("model", "box_loss"): ("smooth_l1", "l1", "giou", "diou", "ciou"),
+    ("augment", "rotate_method"): ("ellipse", "largest_box"),
+    ("augment", "cut_objects"): ("ignore", "drop"),
+    ("eval", "tta_fusion"): ("wbf", "nms"),
     ("data", "format"): ("coco", "voc", "yolo", "kitti", "synthetic"),
     ("data", "kitti_difficulty"): ("all", "easy", "moderate", "hard"),
     ("train", "optimizer"): ("sgd", "adamw"),

@@ -1,7 +1,9 @@
 """Datasets from the config: read (or render) the train and validation splits.
 
-Splits are by contiguous blocks chosen with regular expressions on image file names (`data.val_filter`),
-never at random: neighbouring video frames are near-duplicates and a random split leaks them into validation.
+Splits are by contiguous blocks chosen with regular expressions on image file names (`data.val_filter`,
+`data.test_filter`, and `data.train_filter` to leave gaps between blocks), never at random: neighbouring video
+frames are near-duplicates and a random split leaks them into validation. `detector.data.splits` checks that no
+image of one split nearly duplicates an image of another.
 """
 
 from __future__ import annotations
@@ -47,25 +49,52 @@ def render_synthetic(data: DataConfig, seed: int) -> tuple[Path, Path]:
     return train, val
 
 
-def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
-    """(train, val) datasets for `config`; class names follow `model.class_names`."""
+SPLITS = ("train", "val", "test")
+
+
+def _read_splits(config: Config) -> dict[str, Dataset]:
+    """All splits the config defines: train, val and (with data.test_filter) test."""
     data, class_names = config.data, list(config.model.class_names)
     if data.format == "synthetic":
         train_file, val_file = render_synthetic(data, config.train.seed)
         coco = replace(data, format="coco")
-        return read_split(coco, str(train_file), class_names), read_split(coco, str(val_file), class_names)
-    # KITTI's difficulty levels say which objects the benchmark scores: validation only. Training learns from
-    # every labelled object (a short or truncated car is still a car, not background or an ignore region).
+        return {"train": read_split(coco, str(train_file), class_names), "val": read_split(coco, str(val_file), class_names)}
+    # KITTI's difficulty levels say which objects the benchmark scores: validation and test only. Training learns
+    # from every labelled object (a short or truncated car is still a car, not background or an ignore region).
     train = read_split(replace(data, kitti_difficulty="all"), data.train_path, class_names)
+    scored = train if data.kitti_difficulty == "all" else read_split(data, data.train_path, class_names)
+    splits: dict[str, Dataset] = {}
     if data.val_filter:
-        scored = train if data.kitti_difficulty == "all" else read_split(data, data.train_path, class_names)
-        val = filter_records(scored, data.val_filter, True, "data.val_filter")
+        splits["val"] = filter_records(scored, data.val_filter, True, "data.val_filter")
         train = filter_records(train, data.val_filter, False, "data.val_filter")
     else:
-        val = read_split(data, data.val_path or data.train_path, class_names)
+        splits["val"] = read_split(data, data.val_path or data.train_path, class_names)
+    if data.test_filter:
+        splits["test"] = filter_records(scored, data.test_filter, True, "data.test_filter")
+        train = filter_records(train, data.test_filter, False, "data.test_filter")
     if data.train_filter:
         train = filter_records(train, data.train_filter, True, "data.train_filter")
-    for name, split in (("train", train), ("validation", val)):
-        if not split.records:
-            raise DetectorError(f"the {name} split is empty; check data.train_path, data.val_path and the filters")
-    return train, val
+    splits["train"] = train
+    return splits
+
+
+def build_split(config: Config, split: str) -> Dataset:
+    """One split of `config`: train, val (every choice is made on it) or test (reported once, never tuned on)."""
+    if split not in SPLITS:
+        raise DetectorError(f"split '{split}' is unknown; expected one of {', '.join(SPLITS)}")
+    if split == "test" and not config.data.test_filter:
+        raise DetectorError("the config has no test split; set data.test_filter to the test block's file names")
+    dataset = _read_splits(config)[split]
+    if not dataset.records:
+        raise DetectorError(f"the {split} split is empty; check data.train_path, data.val_path and the filters")
+    return dataset
+
+
+def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
+    """(train, val) datasets for `config`; class names follow `model.class_names`. Images of the test split
+    (data.test_filter) are in neither."""
+    splits = _read_splits(config)
+    for name, label in (("train", "train"), ("val", "validation")):
+        if not splits[name].records:
+            raise DetectorError(f"the {label} split is empty; check data.train_path, data.val_path and the filters")
+    return splits["train"], splits["val"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from detector.config import load_config
-from detector.data.build import build_datasets
+from detector.data.build import build_datasets, build_split
 from detector.data.readers import FORMATS, detect_format, read_dataset
 from detector.structures import DetectorError
 
@@ -367,15 +367,18 @@ def test_kitti_tiny_hard_difficulty_keeps_the_cars_the_benchmark_scores(shared_d
 
 
 def test_kitti_cars_config_scores_validation_at_hard_and_trains_on_every_car(shared_data):
-    """configs/kitti_cars.yaml: the hard level applies to validation only (50 of its 62 cars scored, the other
-    12 ignore regions); training keeps all 147 of its cars as objects."""
+    """configs/kitti_cars.yaml: the hard level applies to validation and test only (53 of val's 62 cars scored,
+    the other 9 ignore regions; 31 of test's 38); training keeps all 109 of its cars as objects."""
     config = load_config(str(CONFIGS / "kitti_cars.yaml"), [f"data.train_path={shared_data / 'kitti_tiny'}"])
     train, val = build_datasets(config)
-    assert (len(train.records), len(val.records)) == (50, 25)
-    assert (sum(len(r.boxes) for r in train.records), sum(len(r.boxes) for r in val.records)) == (147, 50)
+    test = build_split(config, "test")
+    assert (len(train.records), len(val.records), len(test.records)) == (41, 16, 15)
+    assert [sum(len(r.boxes) for r in d.records) for d in (train, val, test)] == [109, 53, 31]
     everything = read_dataset(shared_data / "kitti_tiny", "kitti", classes=["Car"], ignore_classes=config.data.ignore_classes)
-    val_ignores = sum(len(r.ignore) for r in everything.records if int(r.image_path.stem) >= 50)
-    assert sum(len(r.ignore) for r in val.records) == val_ignores + 12
+    by_name = {r.image_path.name: r for r in everything.records}
+    assert sum(len(by_name[r.image_path.name].boxes) for r in val.records) == 62
+    assert sum(len(r.ignore) for r in val.records) == sum(len(by_name[r.image_path.name].ignore) for r in val.records) + 9
+    assert sum(len(r.ignore) for r in test.records) == sum(len(by_name[r.image_path.name].ignore) for r in test.records) + 7
 
 
 def test_drone_cars_yolo_and_voc_give_identical_boxes(shared_data):
