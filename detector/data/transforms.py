@@ -10,7 +10,14 @@ Two kinds of boxes travel with an image, and a crop or an affine shift treats th
   survives, because a car cut down to a sliver is no longer something the model should be asked to find;
 - **regions** (ignore regions and precomputed proposals) are kept as long as any part stays inside: an
   ignore region that is 20% visible still covers an unlabeled object, and a clipped proposal is still a
-  proposal.
+  proposal. An object cut below ``min_visibility`` becomes an ignore region (``cut_objects="ignore"``, the
+  default): the part of a car that stays in the crop is neither something to find nor background.
+
+Rotation refits each box around its inscribed rounded rectangle (corner radius a quarter of the shorter side:
+the outline of a car seen from above or from the side), `RoundedBoxAffine`. albumentations' ``largest_box``
+rotates the box's corners, which overshoots for rounded objects, and ``ellipse`` undershoots: for a 94x44 car
+with 12 px corners rotated 10 degrees (true extent 97x57 px) they give 100x60 and 93x46, the rounded rectangle
+97x56 (tests/data/test_transforms.py measures this on a drawn car).
 
 albumentations applies one ``min_visibility`` to all boxes of a call, so a sample with regions runs the
 geometric part of the pipeline a second time, with the same seed. Each step's random parameters depend only
@@ -28,6 +35,7 @@ import albumentations as A
 import cv2
 import numpy as np
 from albumentations.augmentations.crops.transforms import BaseCrop
+from albumentations.augmentations.geometric import functional as fgeometric
 
 from detector.structures import DetectorError
 
@@ -40,7 +48,9 @@ MIN_BOX_SIZE = 1.0  # pixels: narrower or lower boxes carry no usable signal aft
 # Inputs only need a positive extent (albumentations rejects x2 <= x1): a 0.5 px box may grow when upscaled.
 _MIN_INPUT_SIZE = 1e-3
 
-_IGNORE, _PROPOSAL = 1, 2  # kinds of region boxes in the second (regions) pass
+_IGNORE, _PROPOSAL, _OBJECT = 1, 2, 3  # kinds of boxes in the second (regions) pass
+CORNER_FRACTION = 0.25  # rounded-rectangle corner radius as a fraction of the box's shorter side
+_ARC_POINTS = 16  # points per quarter circle: the extent errs by at most r * (1 - cos(pi / 64)) < 0.1% of r
 
 
 @dataclass
@@ -78,6 +88,36 @@ class AspectCrop(BaseCrop):
         return ("scale",)
 
 
+def rounded_box_affine(boxes: np.ndarray, matrix: np.ndarray, corner_fraction: float = CORNER_FRACTION) -> np.ndarray:
+    """(N, 4+) pixel xyxy (extra columns kept) -> the boxes around each box's inscribed rounded rectangle (corner
+    radius ``corner_fraction`` x its shorter side) moved by the 3x3 affine ``matrix``."""
+    x1, y1, x2, y2 = (boxes[:, i:i + 1] for i in range(4))  # each (N, 1)
+    radius = corner_fraction * np.minimum(x2 - x1, y2 - y1)
+    angles = np.linspace(0.0, np.pi / 2, _ARC_POINTS)
+    arcs = []
+    # corner centres and the quarter circle each one draws: (sign of cos, sign of sin)
+    for cx, cy, sx, sy in ((x2 - radius, y2 - radius, 1, 1), (x1 + radius, y2 - radius, -1, 1),
+                           (x1 + radius, y1 + radius, -1, -1), (x2 - radius, y1 + radius, 1, -1)):
+        arcs.append(np.stack([cx + sx * radius * np.cos(angles), cy + sy * radius * np.sin(angles)], axis=-1))
+    points = np.concatenate(arcs, axis=1)  # (N, 4 * _ARC_POINTS, 2)
+    moved = fgeometric.apply_affine_to_points(points.reshape(-1, 2), matrix).reshape(points.shape)
+    return np.column_stack([moved[..., 0].min(1), moved[..., 1].min(1), moved[..., 0].max(1), moved[..., 1].max(1),
+                            boxes[:, 4:]])
+
+
+class RoundedBoxAffine(A.Affine):
+    """``A.Affine`` that refits boxes around their inscribed rounded rectangles (`rounded_box_affine`) instead of
+    the box corners (``largest_box``) or the inscribed ellipse (``ellipse``). Constant border modes only."""
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, bbox_matrix: np.ndarray, output_shape: tuple[int, int],
+                        **params: Any) -> np.ndarray:
+        if len(bboxes) == 0 or fgeometric.is_identity_matrix(bbox_matrix):
+            return bboxes
+        pixels = fgeometric.denormalize_bboxes(bboxes, params["shape"][:2])
+        moved = fgeometric.validate_bboxes(rounded_box_affine(pixels, bbox_matrix), output_shape)
+        return fgeometric.normalize_bboxes(moved, output_shape)
+
+
 def _probability(augment: Any, name: str) -> float:
     value = float(getattr(augment, name))
     if not 0.0 <= value <= 1.0:
@@ -113,6 +153,11 @@ def _validate(augment: Any) -> None:
     _check_scalar(augment, "translate", 0.0, 1.0)
     _check_scalar(augment, "rotate", 0.0, 180.0)
     _check_scalar(augment, "min_visibility", 0.0, 1.0)
+    if any(int(v) < 1 for v in getattr(augment, "sizes", [])):
+        raise DetectorError(f"config key 'augment.sizes' must list positive pixel sizes, got {list(augment.sizes)}")
+    for name, choices in (("rotate_method", ("rounded", "ellipse", "largest_box")), ("cut_objects", ("ignore", "drop"))):
+        if getattr(augment, name, choices[0]) not in choices:
+            raise DetectorError(f"config key 'augment.{name}' is '{getattr(augment, name)}'; expected one of {', '.join(choices)}")
 
 
 def _resize(max_size: int) -> list[A.BasicTransform]:
@@ -127,20 +172,26 @@ def _geometric(augment: Any, max_size: int) -> list[A.BasicTransform]:
     if crop > 0:
         # cropping the full-resolution image before resizing keeps the zoomed-in crop sharp
         steps.append(AspectCrop(scale=_range(augment, "crop_scale", 1e-3, 1.0), p=crop))
-    steps += _resize(max_size)
+    sizes = [int(v) for v in getattr(augment, "sizes", [])]
+    # a list draws one longest side per image (multi-scale training)
+    steps.append(A.LongestMaxSize(max_size=sizes if sizes else max_size, p=1.0))
     if (hflip := _probability(augment, "hflip")) > 0:
         steps.append(A.HorizontalFlip(p=hflip))
     if (affine := _probability(augment, "affine")) > 0:
         translate = _check_scalar(augment, "translate", 0.0, 1.0)
         rotate = _check_scalar(augment, "rotate", 0.0, 180.0)
+        method = getattr(augment, "rotate_method", "rounded")
+        affine_class = RoundedBoxAffine if method == "rounded" else A.Affine
+        extra = {} if method == "rounded" else {"rotate_method": method}
         steps.append(
-            A.Affine(
+            affine_class(
                 scale=_range(augment, "scale", 1e-3, 100.0),
                 translate_percent=(-translate, translate),
                 rotate=(-rotate, rotate),
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=FILL_RGB,
                 p=affine,
+                **extra,
             )
         )
     return steps
@@ -203,12 +254,14 @@ class Transform:
     `DetectionDataset` ties each sample's augmentation to (seed, epoch, index) whatever the worker count.
     """
 
-    def __init__(self, objects: A.Compose, regions: A.Compose) -> None:
+    def __init__(self, objects: A.Compose, regions: A.Compose, cut_objects_ignored: bool = False) -> None:
         """``objects``: the whole pipeline with the objects' min_visibility; ``regions``: the same geometric
         steps, at the same positions, without visibility filtering (separate instances: albumentations binds
-        each step to the bbox processor of its Compose)."""
+        each step to the bbox processor of its Compose). ``cut_objects_ignored``: objects that the objects pass
+        drops but that stay partly in the image become ignore regions."""
         self.objects = objects
         self.regions = regions
+        self.cut_objects_ignored = cut_objects_ignored
         self._rng = np.random.default_rng()
 
     def set_seed(self, seed: int) -> None:
@@ -228,28 +281,33 @@ class Transform:
         boxes, keep = _clip_and_keep(boxes, height, width, _MIN_INPUT_SIZE)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)[keep]
         seed = int(self._rng.integers(0, 2**32 - 1))
-        out_image, out_boxes, out_labels = _run(self.objects, seed, image, boxes, labels)
-        out_ignore, out_proposals = self._move_regions(seed, image, ignore, proposals)
+        # the objects travel with their index as label, so the ones the visibility filter drops are known
+        out_image, out_boxes, out_index = _run(self.objects, seed, image, boxes, np.arange(len(boxes)))
         out_boxes, keep = _clip_and_keep(out_boxes, *out_image.shape[:2], MIN_BOX_SIZE)
-        return TransformResult(out_image, out_boxes, out_labels[keep], out_ignore, out_proposals)
+        out_index = out_index[keep]
+        cut = np.setdiff1d(np.arange(len(boxes)), out_index) if self.cut_objects_ignored else np.zeros(0, np.int64)
+        out_ignore, out_proposals = self._move_regions(seed, image, ignore, proposals, boxes[cut])
+        return TransformResult(out_image, out_boxes, labels[out_index], out_ignore, out_proposals)
 
     def _move_regions(
-        self, seed: int, image: np.ndarray, ignore: np.ndarray | None, proposals: np.ndarray | None
+        self, seed: int, image: np.ndarray, ignore: np.ndarray | None, proposals: np.ndarray | None,
+        cut_objects: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Run the geometry again with the same seed on ignore regions and proposals (kept unless outside)."""
+        """Run the geometry again with the same seed on ignore regions, proposals and the objects the first pass
+        cut away (kept unless outside); the cut objects that stay partly inside join the ignore regions."""
         height, width = image.shape[:2]
         ignore, _ = _clip_and_keep(np.zeros((0, 4)) if ignore is None else ignore, height, width, _MIN_INPUT_SIZE)
         wanted, _ = _clip_and_keep(np.zeros((0, 4)) if proposals is None else proposals, height, width, _MIN_INPUT_SIZE)
-        if len(ignore) + len(wanted) == 0:
+        if len(ignore) + len(wanted) + len(cut_objects) == 0:
             # nothing to move, so the second run is skipped
             return np.zeros((0, 4), np.float32), (None if proposals is None else np.zeros((0, 4), np.float32))
-        regions = np.concatenate([ignore, wanted])  # (G + P, 4)
-        kinds = np.repeat(np.array([_IGNORE, _PROPOSAL], np.int64), [len(ignore), len(wanted)])
+        regions = np.concatenate([ignore, wanted, cut_objects])  # (G + P + C, 4)
+        kinds = np.repeat(np.array([_IGNORE, _PROPOSAL, _OBJECT], np.int64), [len(ignore), len(wanted), len(cut_objects)])
         out_image, out_regions, out_kinds = _run(self.regions, seed, image, regions, kinds)
         out_regions, keep = _clip_and_keep(out_regions, *out_image.shape[:2], MIN_BOX_SIZE)
         out_kinds = out_kinds[keep]
         moved_proposals = None if proposals is None else out_regions[out_kinds == _PROPOSAL]
-        return out_regions[out_kinds == _IGNORE], moved_proposals
+        return out_regions[(out_kinds == _IGNORE) | (out_kinds == _OBJECT)], moved_proposals
 
 
 def _seed_steps(pipeline: A.Compose, seed: int) -> None:
@@ -279,8 +337,8 @@ def build_transform(augment: Any | None, max_size: int, train: bool) -> Transfor
 
     Always resizes so the longest side equals ``max_size`` (aspect kept); when ``train`` and
     ``augment.enabled``, adds `AugmentConfig`'s augmentations (read duck-typed from ``augment``: hflip,
-    affine, scale, translate, rotate, brightness_contrast, hue_saturation, blur, noise, crop, crop_scale,
-    min_visibility). Invalid values raise DetectorError naming the ``augment.*`` key.
+    affine, scale, translate, rotate, rotate_method, brightness_contrast, hue_saturation, blur, noise, crop,
+    crop_scale, min_visibility, cut_objects, sizes). Invalid values raise DetectorError naming the ``augment.*`` key.
     """
     if isinstance(max_size, bool) or not isinstance(max_size, (int, np.integer)) or max_size <= 0:
         raise DetectorError(f"max_size must be a positive integer (pixels of the longest image side), got {max_size!r}")
@@ -290,4 +348,5 @@ def build_transform(augment: Any | None, max_size: int, train: bool) -> Transfor
     _validate(augment)
     objects = _compose(_geometric(augment, max_size) + _photometric(augment), float(augment.min_visibility))
     # regions are only moved: the photometric tail is left out (steps are seeded by position, see _seed_steps)
-    return Transform(objects, _compose(_geometric(augment, max_size), 0.0))
+    cut_ignored = getattr(augment, "cut_objects", "ignore") == "ignore"
+    return Transform(objects, _compose(_geometric(augment, max_size), 0.0), cut_ignored)
