@@ -23,7 +23,11 @@ same way:
   PyTorch backbone (channels_last); the peer is torchvision's model as shipped (PyTorch).
 
 Rows (``--rows``, comma separated, groups or row names): ``ours``, ``peer``, ``ablations`` (all of these groups:
-``roi_pool``, ``proposals``, ``frozen_bn``, ``augment``, ``weights``). A row whose resolved config equals a row
+``roi_pool``, ``proposals``, ``frozen_bn``, ``augment``, ``weights``, and issue 11's ``labels`` (rotation refit,
+crop-cut objects), ``cascade``, ``box_loss``, ``head``, ``backbone``, ``input_size``, ``tta``). ``--seeds 0,1`` adds a
+``ours seed=1`` / ``peer seed=1`` row per extra seed and reports mean and spread. ``--split test`` scores every row
+on the test split instead of validation: run it once, for the final table, after every choice was made on val.
+A ``tta`` row re-scores the weights of the row trained like it (inference-only options), it does not train. A row whose resolved config equals a row
 already measured here (e.g. ``frozen_bn=true`` is ``ours`` for drone_cars) reuses its figures. Results merge into
 ``--out``/results.json by row name, so groups can be run separately; results.md is rewritten from all of them.
 """
@@ -55,12 +59,12 @@ from peer import evaluate_peer, peer_from_config, predict_peer, train_peer
 
 from detector.api import Detector
 from detector.config import Config, apply_overrides, config_from_dict, load_config
-from detector.data.build import build_datasets
+from detector.data.build import build_datasets, build_split
 from detector.data.dataset import image_to_tensor
 from detector.data.images import load_image
 from detector.data.transforms import build_transform
 from detector.detector import load_detector
-from detector.engine import Trainer
+from detector.engine import Trainer, evaluate
 from detector.runs import json_safe, new_run_dir, read_metrics
 from detector.structures import Dataset, DetectorError
 
@@ -81,6 +85,9 @@ class Row:
     group: str
     overrides: tuple[str, ...] = ()
     needs_ximgproc: bool = False
+    # Inference-only options (e.g. test-time augmentation): the row re-scores the weights of the row trained
+    # with `overrides` under these extra overrides instead of training again.
+    eval_overrides: tuple[str, ...] = ()
 
 
 def _ablation_rows() -> list[Row]:
@@ -93,10 +100,35 @@ def _ablation_rows() -> list[Row]:
     rows += [Row(f"frozen_bn={v}", "ours", "frozen_bn", (f"model.frozen_bn={v}",)) for v in ("true", "false")]
     rows += [Row(f"augment={v}", "ours", "augment", (f"augment.enabled={v}",)) for v in ("true", "false")]
     rows += [Row(f"weights={v}", "ours", "weights", (f"model.weights={v}",)) for v in ("imagenet", "none")]
+    # issue 11: labels that augmentation changes, and localization
+    rows += [Row(f"rotate_method={v}", "ours", "labels", (f"augment.rotate_method={v}",))
+             for v in ("rounded", "ellipse", "largest_box")]
+    rows += [Row(f"cut_objects={v}", "ours", "labels", (f"augment.cut_objects={v}",)) for v in ("ignore", "drop")]
+    rows += [Row("cascade=0.5/0.6/0.7", "ours", "cascade", ("model.cascade_ious=[0.5,0.6,0.7]",))]
+    rows += [Row(f"box_loss={v}", "ours", "box_loss", (f"model.box_loss={v}",))
+             for v in ("smooth_l1", "l1", "giou", "diou", "ciou")]
+    rows += [Row("head=c4", "ours", "head", ("model.head=c4",)),
+             Row("head_dim=1024 roi_batch=512", "ours", "head", ("model.head_dim=1024", "model.roi_batch_per_image=512"))]
+    rows += [Row(f"backbone={v}", "ours", "backbone", (f"model.backbone={v}",))
+             for v in ("efficientnet_lite1", "efficientnet_lite2")]
+    rows += [Row(f"max_size={v}", "ours", "input_size", (f"data.max_size={v}",)) for v in (800, 960)]
+    rows += [Row("multi-scale 512-768", "ours", "input_size", ("augment.sizes=[512,576,640,704,768]",))]
+    rows += [Row("tta=flip+1.25x wbf", "ours", "tta", (), eval_overrides=("eval.tta=true",))]
     return rows
 
 
 ROWS = [Row("ours", "ours", "ours"), Row("peer", "peer", "peer"), *_ablation_rows()]
+
+
+def seed_rows(rows: list[Row], seeds: list[int]) -> list[Row]:
+    """After each ``ours`` / ``peer`` row, one copy per extra seed (``ours seed=1`` trains with train.seed=1)."""
+    out = []
+    for row in rows:
+        out.append(row)
+        if row.group in ("ours", "peer"):
+            out += [Row(f"{row.name} seed={seed}", row.kind, row.group, (*row.overrides, f"train.seed={seed}"))
+                    for seed in seeds if seed != 0]
+    return out
 
 
 def select_rows(spec: str) -> list[Row]:
@@ -283,10 +315,30 @@ def measure_in_child(kind: str, config: Config, weights: str, image_paths: list[
         return pool.apply(measure_inference, (kind, config.to_dict(), weights, image_paths, runtime))
 
 
-def run_row(row: Row, config: Config, budget_min: float) -> dict[str, Any]:
-    """Train, evaluate and time one row."""
+def score(kind: str, config: Config, weights: str, split: str) -> dict[str, Any]:
+    """COCO metrics of trained weights on one split of ``config`` (with its eval options, e.g. eval.tta), and the
+    seconds per image the evaluation took (loading and COCO bookkeeping included)."""
+    dataset = build_split(config, split)
+    started = time.monotonic()
+    if kind == "peer":
+        model = peer_from_config(config, pretrained=False)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        metrics = evaluate_peer(model.eval(), dataset, config).result.metrics
+    else:
+        model, _ = load_detector(weights)
+        metrics = evaluate(model, dataset, config, torch.device("cpu"), with_loss=False).result.metrics
+    seconds = (time.monotonic() - started) / max(len(dataset.records), 1)
+    return {**{m: metrics.get(m) for m in METRICS}, "split": split, "eval_s_per_image": round(seconds, 3)}
+
+
+def run_row(row: Row, config: Config, budget_min: float, split: str = "val") -> dict[str, Any]:
+    """Train, evaluate (on ``split``) and time one row."""
     print(f"\n=== {row.name}: {' '.join(row.overrides) or 'the config as is'} ===", flush=True)
     summary = train_and_score_peer(config, budget_min) if row.kind == "peer" else train_ours(config)
+    summary["split"] = "val"
+    if split != "val":  # the validation figures stay in the row as val_*; the headline is the reported split
+        summary.update({f"val_{m}": summary.get(m) for m in METRICS})
+        summary.update(score(row.kind, config, summary["weights"], split))
     _, val = build_datasets(config)
     paths = [str(record.image_path) for record in val.records[:TIMED_IMAGES]]
     summary.update(measure_in_child(row.kind, config, summary["weights"], paths))
@@ -306,7 +358,24 @@ def _fmt(value: Any, digits: int) -> str:
 COLUMNS = [(m, m, 3) for m in METRICS] + [
     ("train s/iter", "train_s_per_iter", 2), ("iters", "iterations", 0), ("infer ms/img", "infer_ms_per_image", 1),
     ("infer ms/img, PyTorch backbone", "infer_ms_per_image_torch", 1), ("peak RSS MiB", "peak_rss_mib", 0),
+    ("eval s/img", "eval_s_per_image", 2),
 ]
+
+
+def seed_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Mean and spread (sample standard deviation; min-max) of AP / AP50 / AP75 over the seeds of ours and peer."""
+    lines = []
+    for name in ("ours", "peer"):
+        runs = [r for r in rows if (r["name"] == name or r["name"].startswith(f"{name} seed=")) and r.get("AP") is not None]
+        if len(runs) < 2:
+            continue
+        cells = []
+        for metric in ("AP", "AP50", "AP75"):
+            values = [r[metric] for r in runs]
+            cells.append(f"{metric} {statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f} "
+                         f"({min(values):.3f}-{max(values):.3f})")
+        lines.append(f"- {name}, {len(runs)} seeds: " + "; ".join(cells))
+    return lines
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -335,13 +404,15 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
     order = {row.name: index for index, row in enumerate(ROWS)}
     rows = sorted(results["rows"].values(), key=lambda r: order.get(r["name"], len(order)))
     budgets = sorted({str(r.get("budget_min")) for r in rows if "budget_min" in r})
+    splits = sorted({r.get("split", "val") for r in rows})
+    seeds = seed_summary(rows)
     markdown = "\n".join([
         f"# Benchmark: {results['config']}", "",
         (f"Wall-clock training budget per row: {', '.join(budgets)} min; a row trains to its config's epoch count or "
          "to the budget, whichever comes first (see the commands). Same split, input size, backbone and budget "
-         "for every row; AP on the validation split; inference at batch 1 on CPU with "
+         f"for every row; AP on the {' and '.join(splits)} split; inference at batch 1 on CPU with "
          f"{INFERENCE_THREADS} threads (median); peak RSS of a process holding only that model."), "",
-        format_table(rows), "", "Commands:", "",
+        format_table(rows), "", *(["Over the seeds:", "", *seeds, ""] if seeds else []), "Commands:", "",
         *[f"    {command}" for command in results["commands"]], "",
         "Environment: " + ", ".join(f"{k} {v}" for k, v in results["environment"].items()), "",
     ])
@@ -395,7 +466,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="results folder (default docs/benchmarks/<config name>)")
     parser.add_argument("--max-images", type=int, default=0, help="cap each split at this many images (smoke runs)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every row")
+    parser.add_argument("--split", choices=("val", "test"), default="val",
+                        help="the split every row is scored on: val (every choice) or test (the final table, once)")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds of the ours and peer rows")
     args = parser.parse_args(argv)
+    try:
+        args.seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     if args.budget_min <= 0 or args.max_images < 0:
         parser.error("--budget-min must be positive and --max-images non-negative")
     return args
@@ -406,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"command: {command}", flush=True)
     try:
-        rows = select_rows(args.rows)
+        rows = seed_rows(select_rows(args.rows), args.seeds)
         out = Path(args.out or f"docs/benchmarks/{Path(args.config).stem}")
         results = _load_results(out, args.config)
         results["commands"] = [*results["commands"], command]
@@ -429,13 +507,33 @@ def _measure_or_reuse(row: Row, args: argparse.Namespace, done: dict[str, dict])
             "max_images": args.max_images}
     if row.needs_ximgproc and getattr(cv2, "ximgproc", None) is None:
         return {**base, "note": "skipped: cv2.ximgproc is missing (OpenCV contrib; `make selective-search`)"}
+    base["split"] = args.split
     config = row_config(args, row)
     key = config_key(row.kind, config)
-    twin = next((r for name, r in done.items() if name != row.name and r.get("key") == key and "AP" in r), None)
+    if row.eval_overrides:
+        return {**base, **rescore(row, config, key, args, done)}
+    twin = next((r for name, r in done.items() if name != row.name and r.get("key") == key and "AP" in r
+                 and r.get("split", "val") == args.split and not r.get("eval_overrides")), None)
     if twin is not None:
         copied = {k: v for k, v in twin.items() if k not in base and k != "note"}
         return {**copied, **base, "key": key, "note": f"same config as {twin['name']}"}
-    return {**base, "key": key, **run_row(row, config, args.budget_min)}
+    return {**base, "key": key, **run_row(row, config, args.budget_min, args.split)}
+
+
+def rescore(row: Row, config: Config, key: str, args: argparse.Namespace, done: dict[str, dict]) -> dict[str, Any]:
+    """An inference-only row: the weights of the row trained with the same config, scored with the row's
+    eval overrides; its cost is the evaluation's seconds per image beside the twin's."""
+    twin = next((r for r in done.values() if r.get("key") == key and r.get("weights") and not r.get("eval_overrides")),
+                None)
+    if twin is None or not Path(twin["weights"]).is_file():
+        raise DetectorError(f"row '{row.name}' re-scores a trained row: run the row with the same training config "
+                            "first (e.g. --rows ours,tta)")
+    print(f"\n=== {row.name}: {' '.join(row.eval_overrides)} on the weights of {twin['name']} ===", flush=True)
+    plain = score(row.kind, config, twin["weights"], args.split)
+    scored = score(row.kind, apply_overrides(config, list(row.eval_overrides)), twin["weights"], args.split)
+    return {**scored, "key": key, "eval_overrides": list(row.eval_overrides), "weights": twin["weights"],
+            "eval_s_per_image_plain": plain["eval_s_per_image"],
+            "note": f"weights of {twin['name']}; plain eval here AP {plain['AP']:.3f}"}
 
 
 if __name__ == "__main__":

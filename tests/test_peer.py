@@ -100,12 +100,26 @@ def test_step_time_leaves_out_epoch_starts_and_warmup(benchmark):
 def test_row_selection_and_ratio_table(benchmark):
     names = [row.name for row in benchmark.select_rows("ours,peer,weights")]
     assert names == ["ours", "peer", "weights=imagenet", "weights=none"]
-    assert len(benchmark.select_rows("ablations")) == 14  # 6 ROI pooling + 2 proposals + 2 + 2 + 2
+    assert len(benchmark.select_rows("ablations")) == 33  # 6 ROI pooling + 2 proposals + 2 + 2 + 2, issue 11: 5 + 1 + 5 + 2 + 2 + 3 + 1
+    assert [r.name for r in benchmark.select_rows("labels")] == [
+        "rotate_method=rounded", "rotate_method=ellipse", "rotate_method=largest_box", "cut_objects=ignore",
+        "cut_objects=drop"]
+    seeded = benchmark.seed_rows(benchmark.select_rows("ours,peer,tta"), [0, 1])
+    assert [r.name for r in seeded] == ["ours", "ours seed=1", "peer", "peer seed=1", "tta=flip+1.25x wbf"]
+    assert seeded[1].overrides == ("train.seed=1",) and seeded[4].eval_overrides == ("eval.tta=true",)
     with pytest.raises(benchmark.DetectorError, match="--rows"):
         benchmark.select_rows("ours,fpn")
     rows = [{"name": "ours", "AP": 0.3, "train_s_per_iter": 1.0}, {"name": "peer", "AP": 0.2, "train_s_per_iter": 2.0}]
     ratio = benchmark.format_table(rows).splitlines()[-1].split(" | ")
     assert ratio[1] == "1.50" and ratio[7] == "0.50" and ratio[2] == "n/a"
+
+
+def test_seed_summary_gives_mean_and_spread(benchmark):
+    rows = [{"name": "ours", "AP": 0.70, "AP50": 0.9, "AP75": 0.8}, {"name": "ours seed=1", "AP": 0.74, "AP50": 0.9,
+                                                                     "AP75": 0.84}, {"name": "peer", "AP": 0.6}]
+    (line,) = benchmark.seed_summary(rows)
+    # mean 0.72, sample standard deviation sqrt(2 * 0.02^2 / 1) = 0.028
+    assert line.startswith("- ours, 2 seeds: AP 0.720 ± 0.028 (0.700-0.740)")
 
 
 def test_results_chart_is_written_when_a_row_has_ap(benchmark, tmp_path):
