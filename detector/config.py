@@ -178,6 +178,9 @@ class TrainConfig:
     # Stop training after this many wall-clock minutes (0 = no limit); a resumed run counts its earlier time.
     time_budget_min: float = 0.0
     log_every: int = 10  # iterations between metrics.jsonl rows
+    # Save the weights every N minutes of training (0 = never) as snapshot_<minutes>min.pt, for accuracy-against-
+    # wall-clock curves (scripts/benchmark.py --curve-every-min): evaluated after training, so they cost it no time.
+    snapshot_every_min: float = 0.0
 
 
 @dataclass

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -200,10 +201,32 @@ class PeerRun:
     iteration_seconds: list[list[float]] = field(default_factory=list)
     train_seconds: float = 0.0
     last_losses: dict[str, float] = field(default_factory=dict)
+    # (training minutes, weights file) of every snapshot written (train.snapshot_every_min)
+    snapshots: list[tuple[float, Path]] = field(default_factory=list)
+
+    snapshot_clock: "SnapshotClock | None" = None
 
     @property
     def iterations(self) -> int:
         return sum(len(epoch) for epoch in self.iteration_seconds)
+
+
+class SnapshotClock:
+    """Saves the peer's weights each time another ``every_min`` minutes of training have passed."""
+
+    def __init__(self, every_min: float, folder: Path, started: float) -> None:
+        self.every, self.folder, self.started, self.count = every_min * 60, Path(folder), started, 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def maybe_save(self, run: PeerRun) -> None:
+        elapsed = time.monotonic() - self.started
+        if elapsed < (self.count + 1) * self.every:
+            return
+        self.count += 1
+        path = self.folder / f"snapshot_{elapsed / 60:06.2f}min.pt"
+        torch.save(run.model.state_dict(), path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)  # atomic: a snapshot on disk is always whole
+        run.snapshots.append((elapsed / 60, path))
 
 
 def _step(model: FasterRCNN, batch: SampleBatch, device: torch.device, scale: float) -> dict[str, Tensor]:
@@ -227,10 +250,11 @@ def _optimizer_step(model: FasterRCNN, optimizer: torch.optim.Optimizer, schedul
 
 
 def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Dataset] | None = None,
-               progress: bool = True) -> PeerRun:
+               progress: bool = True, snapshot_dir: Path | None = None) -> PeerRun:
     """Train the peer like `detector.engine.Trainer` trains ours: same data, augmentation, batch order,
     optimizer, schedule and clipping; with ``budget_min`` (0 = none) training stops when the wall clock
-    runs out and the learning rate anneals with the clock, as `train.time_budget_min` does for ours."""
+    runs out and the learning rate anneals with the clock, as `train.time_budget_min` does for ours. With
+    `train.snapshot_every_min` and ``snapshot_dir``, the weights are saved every that many minutes, as ours'."""
     train = config.train
     if train.threads:
         torch.set_num_threads(train.threads)
@@ -245,6 +269,8 @@ def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Datas
     steps_per_epoch = math.ceil(math.ceil(len(sampler) / train.batch_size) / train.accumulate)
     optimizer = build_optimizer(model, train)
     run, started = PeerRun(model), time.monotonic()
+    if snapshot_dir is not None and train.snapshot_every_min > 0:
+        run.snapshot_clock = SnapshotClock(train.snapshot_every_min, snapshot_dir, started)
     used = (lambda: (time.monotonic() - started) / (budget_min * 60)) if budget_min else None
     scheduler = build_scheduler(optimizer, train, train.epochs * steps_per_epoch, clock=used)
     for epoch in range(train.epochs):
@@ -274,6 +300,8 @@ def _train_epoch(run: PeerRun, loader: DataLoader, optimizer: torch.optim.Optimi
             seconds.append(now - last)
             last = now
         run.last_losses = {k: float(v.detach()) for k, v in losses.items()}
+        if run.snapshot_clock is not None:
+            run.snapshot_clock.maybe_save(run)
         bar.set_postfix(loss=f"{sum(run.last_losses.values()):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         if budget_used and budget_used() >= 1.0:
             break
