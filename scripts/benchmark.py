@@ -55,7 +55,7 @@ import torch
 import torchvision
 
 # scripts/ is on sys.path when this file runs as a script, so its sibling imports by name
-from peer import evaluate_peer, peer_from_config, predict_peer, train_peer
+from peer import evaluate_peer, like_for_like, peer_from_config, predict_peer, train_peer
 
 from detector.api import Detector
 from detector.config import Config, apply_overrides, config_from_dict, load_config
@@ -272,13 +272,11 @@ def peak_rss_mib() -> tuple[float, str]:
 def _load_model(kind: str, config: Config, weights: str, runtime: str) -> tuple[Any, str]:
     """A ``predict(images, original_sizes)`` for the trained model and the runtime it uses: ours runs its
     backbone in `runtime` (detector.runtime), as `Detector` and `detector detect` do; the peer is torchvision's
-    model as shipped (PyTorch)."""
+    model as shipped (PyTorch), or with ``runtime="onnx"`` set to infer like ours (`peer.like_for_like`)."""
     if kind == "peer":
-        model = peer_from_config(config, pretrained=False)
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model = load_peer(config, weights, like_ours=runtime == "onnx")
         names = list(config.model.class_names)
-        model.eval()
-        return (lambda images, sizes: predict_peer(model, images, sizes, names)), "torch"
+        return (lambda images, sizes: predict_peer(model, images, sizes, names)), "onnx" if runtime == "onnx" else "torch"
     model, _ = load_detector(weights)
     detector = Detector(model, config, "cpu", runtime, copy_model=False)
     return detector.model.predict, detector.runtime
@@ -317,15 +315,21 @@ def measure_in_child(kind: str, config: Config, weights: str, image_paths: list[
         return pool.apply(measure_inference, (kind, config.to_dict(), weights, image_paths, runtime))
 
 
-def score(kind: str, config: Config, weights: str, split: str) -> dict[str, Any]:
+def load_peer(config: Config, weights: str, like_ours: bool = False) -> Any:
+    """The trained peer in eval mode on the CPU: as shipped, or (``like_ours``) inferring as ours does."""
+    model = peer_from_config(config, pretrained=False)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    return like_for_like(model, config, torch.get_num_threads()) if like_ours else model
+
+
+def score(kind: str, config: Config, weights: str, split: str, like_ours: bool = False) -> dict[str, Any]:
     """COCO metrics of trained weights on one split of ``config`` (with its eval options, e.g. eval.tta), and the
     seconds per image the evaluation took (loading and COCO bookkeeping included)."""
     dataset = build_split(config, split)
     started = time.monotonic()
     if kind == "peer":
-        model = peer_from_config(config, pretrained=False)
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        metrics = evaluate_peer(model.eval(), dataset, config).result.metrics
+        metrics = evaluate_peer(load_peer(config, weights, like_ours), dataset, config).result.metrics
     else:
         model, _ = load_detector(weights)
         metrics = evaluate(model, dataset, config, torch.device("cpu"), with_loss=False).result.metrics
@@ -347,8 +351,12 @@ def run_row(row: Row, config: Config, budget_min: float, split: str = "val") -> 
     if row.kind == "ours":  # the default runtime on CPU is ONNX Runtime; PyTorch's time too, for comparison
         torch_only = measure_in_child(row.kind, config, summary["weights"], paths, runtime="torch")
         summary["infer_ms_per_image_torch"] = torch_only["infer_ms_per_image"]
-    else:  # the peer is torchvision's model as shipped: PyTorch throughout
+    else:  # the peer is torchvision's model as shipped: PyTorch throughout; then once more inferring like ours
         summary["infer_ms_per_image_torch"] = summary["infer_ms_per_image"]
+        same = measure_in_child(row.kind, config, summary["weights"], paths, runtime="onnx")
+        summary["like_for_like"] = {**score(row.kind, config, summary["weights"], split, like_ours=True),
+                                    "infer_ms_per_image": same["infer_ms_per_image"], "runtime": "onnx",
+                                    "rpn_post_nms_top_n_test": config.model.rpn_post_nms_top_n_test}
     return summary
 
 
@@ -386,6 +394,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         cells = [row["name"]] + [_fmt(row.get(key), digits) for _, key, digits in COLUMNS] + [row.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
+        if row.get("like_for_like"):  # the same trained peer, inferring as ours does
+            same = {**row, **row["like_for_like"], "infer_ms_per_image_torch": None}
+            note = (f"{row['name']}'s weights, {same['rpn_post_nms_top_n_test']} test proposals and the backbone in "
+                    "ONNX Runtime, as ours")
+            cells = [f"{row['name']}, like-for-like inference"] + [_fmt(same.get(key), digits) for _, key, digits in COLUMNS]
+            lines.append("| " + " | ".join(cells + [note]) + " |")
     by_name = {row["name"]: row for row in rows}
     ours, peer = by_name.get("ours", {}), by_name.get("peer", {})
     if ours.get("AP") is not None and peer.get("AP") is not None:

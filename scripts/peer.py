@@ -47,6 +47,7 @@ from detector.engine import (
     seed_everything,
 )
 from detector.distributed import resolve_device
+from detector.runtime import onnx_backbone
 from detector.evaluation import COCOEvaluator
 from detector.optim import build_optimizer, build_scheduler
 from detector.structures import Dataset, Detections, DetectorError, Targets
@@ -56,6 +57,7 @@ __all__ = [
     "PeerRun",
     "build_peer",
     "evaluate_peer",
+    "like_for_like",
     "peer_from_config",
     "predict_peer",
     "to_torchvision_targets",
@@ -132,6 +134,20 @@ def peer_from_config(config: Config, pretrained: bool = True) -> FasterRCNN:
         freeze_stages=model.freeze_stages,
         frozen_bn=model.frozen_bn,
     )
+
+
+def like_for_like(model: FasterRCNN, config: Config, threads: int) -> FasterRCNN:
+    """The trained peer set to infer as ours does (in place): the same number of RPN proposals before and after
+    NMS (model.rpn_pre/post_nms_top_n_test), the same detections cap, and the backbone in ONNX Runtime
+    (detector/runtime.py), as `Detector` runs ours on a CPU. torchvision's defaults as shipped are 1000 proposals
+    and the PyTorch backbone."""
+    model.eval()
+    model.rpn._pre_nms_top_n["testing"] = config.model.rpn_pre_nms_top_n_test
+    model.rpn._post_nms_top_n["testing"] = config.model.rpn_post_nms_top_n_test
+    model.roi_heads.detections_per_img = config.model.detections_per_image
+    model.roi_heads.score_thresh = config.model.score_thresh
+    model.backbone.body = onnx_backbone(model.backbone.body.eval(), threads)
+    return model
 
 
 @torch.no_grad()

@@ -130,3 +130,24 @@ def test_results_chart_is_written_when_a_row_has_ap(benchmark, tmp_path):
     assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert benchmark.plot_rows([{"name": "peer", "note": "skipped"}], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_like_for_like_peer_infers_as_ours_with_the_same_boxes(peer, config, tiny_images):
+    """Same proposal count and detections cap as ours, backbone in ONNX Runtime: with the proposal counts
+    set equal on both, the boxes match the PyTorch peer's up to float rounding."""
+    import copy
+
+    torch.manual_seed(0)
+    shipped = peer.peer_from_config(config).eval()
+    shipped.roi_heads.score_thresh = 0.0
+    same = peer.like_for_like(copy.deepcopy(shipped), config, threads=1)
+    assert same.rpn._post_nms_top_n["testing"] == config.model.rpn_post_nms_top_n_test == 300
+    assert same.rpn._pre_nms_top_n["testing"] == config.model.rpn_pre_nms_top_n_test
+    assert same.roi_heads.detections_per_img == config.model.detections_per_image
+    assert type(same.backbone.body).__name__ == "OnnxBackbone"
+    shipped.rpn._pre_nms_top_n, shipped.rpn._post_nms_top_n = same.rpn._pre_nms_top_n, same.rpn._post_nms_top_n
+    shipped.roi_heads.score_thresh = same.roi_heads.score_thresh
+    with torch.no_grad():
+        expected, got = shipped([tiny_images[0]])[0], same([tiny_images[0]])[0]
+    assert len(got["boxes"]) == len(expected["boxes"])
+    torch.testing.assert_close(got["boxes"], expected["boxes"], atol=1e-2, rtol=1e-3)
