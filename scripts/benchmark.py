@@ -171,7 +171,7 @@ def row_config(args: argparse.Namespace, row: Row) -> Config:
     config = load_config(args.config, [*args.set, *row.overrides])
     slug = re.sub(r"[^A-Za-z0-9_]+", "-", f"{Path(args.config).stem}-{row.name}").strip("-")
     fixed = [f"train.time_budget_min={args.budget_min}", "train.eval_every=0", f"train.output_dir={RUNS_DIR}",
-             f"train.name={slug}"]
+             f"train.name={slug}", f"train.snapshot_every_min={getattr(args, 'curve_every_min', 0.0)}"]
     config = apply_overrides(config, fixed)
     if args.max_images:
         limit_images(config, args.max_images)
@@ -226,9 +226,9 @@ def train_ours(config: Config) -> dict[str, Any]:
 def train_and_score_peer(config: Config, budget_min: float) -> dict[str, Any]:
     """Train the peer on the same data and budget and score it with the same evaluator."""
     datasets = build_datasets(config)
-    run = train_peer(config, budget_min, datasets)
-    metrics = evaluate_peer(run.model, datasets[1], config).result.metrics
     run_dir = new_run_dir(config.train.output_dir, config.train.name)
+    run = train_peer(config, budget_min, datasets, snapshot_dir=run_dir)
+    metrics = evaluate_peer(run.model, datasets[1], config).result.metrics
     config.save(run_dir / "config.yaml")
     torch.save(run.model.state_dict(), run_dir / "peer.pt")
     return _training_summary(metrics, run.iteration_seconds, run.train_seconds, run_dir, run_dir / "peer.pt")
@@ -323,6 +323,61 @@ def load_peer(config: Config, weights: str, like_ours: bool = False) -> Any:
     return like_for_like(model, config, torch.get_num_threads()) if like_ours else model
 
 
+SNAPSHOT = re.compile(r"snapshot_(\d+\.\d+)min\.pt$")
+
+
+def accuracy_curve(kind: str, config: Config, summary: dict[str, Any]) -> list[list[float]]:
+    """[[training minutes, AP, AP50, AP75], ...] on the validation split: every snapshot the run saved
+    (train.snapshot_every_min) and the final weights at the end of training."""
+    snapshots = sorted((float(m.group(1)), path) for path in Path(summary["run_dir"]).glob("snapshot_*min.pt")
+                       if (m := SNAPSHOT.search(path.name)))
+    curve = []
+    for minutes, path in snapshots:
+        scored = score(kind, config, str(path), "val")
+        curve.append([round(minutes, 2), scored["AP"], scored["AP50"], scored["AP75"]])
+        print(f"  curve: {minutes:.1f} min -> AP {scored['AP']:.3f}", flush=True)
+    curve.append([round(summary["train_seconds"] / 60, 2), summary.get("val_AP", summary["AP"]),
+                  summary.get("val_AP50", summary["AP50"]), summary.get("val_AP75", summary["AP75"])])
+    return curve
+
+
+def minutes_to_reach(curve: list[list[float]], target: float) -> float | None:
+    """The first training minute at which the curve reaches AP ``target`` (linear between points), or None."""
+    previous = (0.0, 0.0)
+    for minutes, ap, *_ in curve:
+        if ap is not None and ap >= target:
+            m0, a0 = previous
+            return round(m0 + (minutes - m0) * (target - a0) / (ap - a0) if ap > a0 else minutes, 1)
+        previous = (minutes, ap or 0.0)
+    return None
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """AP on the validation split against minutes of CPU training, one line per row with a curve."""
+    with_curves = [r for r in rows if r.get("curve")]
+    if not with_curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    for row in with_curves:
+        minutes = [0.0] + [point[0] for point in row["curve"]]
+        aps = [0.0] + [point[1] for point in row["curve"]]
+        axes.plot(minutes, aps, marker="o", markersize=3, label=row["name"])
+    axes.set_xlabel("minutes of CPU training (2 cores)")
+    axes.set_ylabel("COCO AP, validation split")
+    axes.set_ylim(0, 1)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def score(kind: str, config: Config, weights: str, split: str, like_ours: bool = False) -> dict[str, Any]:
     """COCO metrics of trained weights on one split of ``config`` (with its eval options, e.g. eval.tta), and the
     seconds per image the evaluation took (loading and COCO bookkeeping included)."""
@@ -345,6 +400,8 @@ def run_row(row: Row, config: Config, budget_min: float, split: str = "val") -> 
     if split != "val":  # the validation figures stay in the row as val_*; the headline is the reported split
         summary.update({f"val_{m}": summary.get(m) for m in METRICS})
         summary.update(score(row.kind, config, summary["weights"], split))
+    if config.train.snapshot_every_min > 0:
+        summary["curve"] = accuracy_curve(row.kind, config, summary)
     _, val = build_datasets(config)
     paths = [str(record.image_path) for record in val.records[:TIMED_IMAGES]]
     summary.update(measure_in_child(row.kind, config, summary["weights"], paths))
@@ -370,6 +427,19 @@ COLUMNS = [(m, m, 3) for m in METRICS] + [
     ("infer ms/img, PyTorch backbone", "infer_ms_per_image_torch", 1), ("peak RSS MiB", "peak_rss_mib", 0),
     ("eval s/img", "eval_s_per_image", 2),
 ]
+
+
+def curve_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """The AP-against-time answer: minutes of training ours needed to reach the peer's final validation AP."""
+    by_name = {row["name"]: row for row in rows}
+    ours, peer = by_name.get("ours", {}), by_name.get("peer", {})
+    if not (ours.get("curve") and peer.get("curve")):
+        return []
+    target = peer["curve"][-1][1]
+    reached = minutes_to_reach(ours["curve"], target)
+    when = f"after {reached} minutes of training" if reached is not None else "not within its training"
+    return [f"Ours reaches the peer's final validation AP ({target:.3f}, after {peer['curve'][-1][0]:.1f} min) {when} "
+            "(curves.png; snapshots scored after training).", ""]
 
 
 def seed_summary(rows: list[dict[str, Any]]) -> list[str]:
@@ -428,13 +498,15 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
          "to the budget, whichever comes first (see the commands). Same split, input size, backbone and budget "
          f"for every row; AP on the {' and '.join(splits)} split; inference at batch 1 on CPU with "
          f"{INFERENCE_THREADS} threads (median); peak RSS of a process holding only that model."), "",
-        format_table(rows), "", *(["Over the seeds:", "", *seeds, ""] if seeds else []), "Commands:", "",
+        format_table(rows), "", *(["Over the seeds:", "", *seeds, ""] if seeds else []),
+        *curve_summary(rows), "Commands:", "",
         *[f"    {command}" for command in results["commands"]], "",
         "Environment: " + ", ".join(f"{k} {v}" for k, v in results["environment"].items()), "",
     ])
     (out / "results.json").write_text(json.dumps(json_safe(results), indent=2))
     (out / "results.md").write_text(markdown)
     plot_rows(rows, out / "results.png")
+    plot_curves(rows, out / "curves.png")
     return markdown
 
 
@@ -484,6 +556,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every row")
     parser.add_argument("--split", choices=("val", "test"), default="val",
                         help="the split every row is scored on: val (every choice) or test (the final table, once)")
+    parser.add_argument("--curve-every-min", type=float, default=0.0,
+                        help="snapshot every N training minutes and score the snapshots on val: AP-against-time curves")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds of the ours and peer rows")
     args = parser.parse_args(argv)
     try:

@@ -151,3 +151,12 @@ def test_like_for_like_peer_infers_as_ours_with_the_same_boxes(peer, config, tin
         expected, got = shipped([tiny_images[0]])[0], same([tiny_images[0]])[0]
     assert len(got["boxes"]) == len(expected["boxes"])
     torch.testing.assert_close(got["boxes"], expected["boxes"], atol=1e-2, rtol=1e-3)
+
+
+def test_minutes_to_reach_interpolates_the_curve(benchmark):
+    curve = [[5.0, 0.40], [10.0, 0.60], [15.0, 0.70]]
+    assert benchmark.minutes_to_reach(curve, 0.50) == 7.5  # halfway between 5 (0.40) and 10 (0.60)
+    assert benchmark.minutes_to_reach(curve, 0.20) == 2.5  # from (0 min, AP 0)
+    assert benchmark.minutes_to_reach(curve, 0.75) is None
+    rows = [{"name": "ours", "curve": curve}, {"name": "peer", "curve": [[20.0, 0.5], [45.0, 0.65]]}]
+    assert benchmark.curve_summary(rows)[0].startswith("Ours reaches the peer's final validation AP (0.650, after 45.0 min) after 12.5 minutes")
