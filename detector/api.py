@@ -3,6 +3,7 @@
     from detector import Detector
     det = Detector.load("runs/x/best.pt")
     detections = det.predict("street.jpg")          # or an RGB array, or a list of either
+    detections = det.predict("street.jpg", tta=True)  # test-time augmentation (detector.tta, eval.tta_* keys)
     for frame in det.predict_video("clip.mp4"):     # per-frame results
         print(frame.index, len(frame.detections))
 """
@@ -24,6 +25,7 @@ from detector.detector import FastRCNN, load_detector
 from detector.distributed import resolve_device
 from detector.runtime import prepare_for_inference
 from detector.structures import Detections, DetectorError
+from detector.tta import TestTimeAugmentation, build_tta
 
 if TYPE_CHECKING:
     from detector.video import FrameResult
@@ -44,6 +46,7 @@ class Detector:
         self.runtime = prepare_for_inference(self.model, runtime, self.device)
         self.config = config
         self.transform = build_transform(None, config.data.max_size, train=False)
+        self._tta: TestTimeAugmentation | None = None  # built on first use: its settings are checked then
 
     @property
     def class_names(self) -> list[str]:
@@ -61,29 +64,47 @@ class Detector:
                                 "run `detector eval` with that file, or use a checkpoint trained with the RPN")
         return cls(model, config, resolve_device(device), runtime, copy_model=False)  # the model is ours alone
 
-    def _to_tensor(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
+    @staticmethod
+    def _to_array(image: ImageInput) -> np.ndarray:
         if isinstance(image, (str, Path)):
             image = load_image(image)
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DetectorError("predict expects image paths or (H, W, 3) uint8 RGB arrays")
+        return image
+
+    def _to_tensor(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
+        image = self._to_array(image)
         resized = self.transform(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0, 4), np.float32)).image
         return image_to_tensor(resized), (image.shape[0], image.shape[1])
 
+    @property
+    def tta(self) -> TestTimeAugmentation:
+        """The test-time augmentation of the config's eval.tta_* keys (sizes, hflip, fusion, iou)."""
+        if self._tta is None:
+            self._tta = build_tta(self.config)
+        return self._tta
+
     def predict_batch(self, images: Sequence[ImageInput], score_thresh: float | None = None,
-                      classes: Sequence[str] | None = None, max_det: int | None = None) -> list[Detections]:
-        """Detections for each image, boxes in that image's pixels."""
-        tensors, sizes = zip(*(self._to_tensor(image) for image in images)) if images else ((), ())
-        if not tensors:
+                      classes: Sequence[str] | None = None, max_det: int | None = None,
+                      tta: bool | None = None) -> list[Detections]:
+        """Detections for each image, boxes in that image's pixels. ``tta``: fuse several sizes and mirrored views
+        (detector.tta; None = the config's eval.tta)."""
+        if len(images) == 0:
             return []
-        detections = self.model.predict(list(tensors), list(sizes))
+        if self.config.eval.tta if tta is None else tta:
+            detections = self.tta.predict_arrays(self.model, [self._to_array(image) for image in images])
+        else:
+            tensors, sizes = zip(*(self._to_tensor(image) for image in images))
+            detections = self.model.predict(list(tensors), list(sizes))
         return [self._select(d.to("cpu"), score_thresh, classes, max_det) for d in detections]
 
     def predict(self, images: ImageInput | Sequence[ImageInput], score_thresh: float | None = None,
-                classes: Sequence[str] | None = None, max_det: int | None = None) -> Detections | list[Detections]:
-        """One image (path or RGB array) -> Detections; a list -> list[Detections]."""
+                classes: Sequence[str] | None = None, max_det: int | None = None,
+                tta: bool | None = None) -> Detections | list[Detections]:
+        """One image (path or RGB array) -> Detections; a list -> list[Detections]. ``tta`` as in `predict_batch`."""
         if isinstance(images, (str, Path, np.ndarray)):
-            return self.predict_batch([images], score_thresh, classes, max_det)[0]
-        return self.predict_batch(list(images), score_thresh, classes, max_det)
+            return self.predict_batch([images], score_thresh, classes, max_det, tta)[0]
+        return self.predict_batch(list(images), score_thresh, classes, max_det, tta)
 
     def _select(self, detections: Detections, score_thresh: float | None, classes: Sequence[str] | None,
                 max_det: int | None) -> Detections:

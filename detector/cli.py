@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--names-file", help="YOLO class names file")
 
-    p = sub.add_parser("data", help="dataset tools: stats, show")
+    p = sub.add_parser("data", help="dataset tools: stats, show, anchors")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     q = data_sub.add_parser("stats", help="images, boxes per class, COCO size buckets, empty and dropped")
     q.add_argument("path")
@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("-c", "--config", help="config whose augment and data.max_size sections are used")
     q.add_argument("--names-file")
+    q = data_sub.add_parser("anchors", help="how well the config's anchors fit its boxes, and a better sizes x ratios grid")
+    q.add_argument("-c", "--config", required=True, help="config whose data (split, data.max_size) and anchors are used")
+    q.add_argument("--split", choices=("train", "val"), default="train", help="the split whose boxes are measured")
+    q.add_argument("--iou", type=float, default=0.7, help="shape-only IoU a box needs with an anchor to be covered")
+    q.add_argument("--out", help="also write the report as JSON to this file")
+    q.add_argument("--plot", metavar="PATH", help="also draw box width/height with the anchor shapes to this image")
+    _add_overrides(q)
 
     p = sub.add_parser("proposals", help="compute selective-search proposals for a dataset into a JSON file")
     p.add_argument("dataset")
@@ -94,8 +101,19 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *_: objec
     return f"warning: {message}\n"
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting ``section.key=value`` overrides come after options too (`detector eval CKPT DATA --format coco
+    eval.tta=true`): argparse takes a command's positionals in one run, so it leaves later ones over."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(arg.startswith("-") or "=" not in arg for arg in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     warnings.formatwarning = _one_line_warning
     from detector.structures import DetectorError
 

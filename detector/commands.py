@@ -121,6 +121,8 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_data(args: argparse.Namespace) -> int:
     from detector.data.readers import read_dataset
 
+    if args.data_command == "anchors":
+        return run_data_anchors(args)
     dataset = read_dataset(args.path, args.format, names_file=args.names_file)
     for line in dataset.report.warnings():
         print(f"warning: {line}")
@@ -135,6 +137,40 @@ def run_data(args: argparse.Namespace) -> int:
     augment = config.augment if args.augment else None
     out = show_dataset(dataset, Path(args.out), augment, config.data.max_size, num=args.num, seed=args.seed)
     print(f"wrote {out}")
+    return 0
+
+
+def run_data_anchors(args: argparse.Namespace) -> int:
+    from detector.anchor_report import anchor_report, box_shapes, format_report, plot_anchor_report
+    from detector.data.build import build_datasets
+
+    if not 0.0 < args.iou <= 1.0:
+        raise DetectorError(f"--iou must be in (0, 1], got {args.iou}")
+    config = load_config(args.config, args.overrides)
+    train, val = build_datasets(config)
+    split = train if args.split == "train" else val
+    boxes_wh = box_shapes(split, config.data.max_size)
+    if not len(boxes_wh):
+        raise DetectorError(f"the {args.split} split of {args.config} has no boxes to fit anchors to")
+    model = config.model
+    report = anchor_report(boxes_wh, model.anchor_sizes, model.anchor_ratios, args.iou, model.fpn)
+    report = {"config": args.config, "split": args.split, "images": len(split.records),
+              "max_size": config.data.max_size, **report}
+    title = (f"anchor report: {args.config}, {args.split} split, {len(split.records)} images, boxes resized with their "
+             f"images to a longest side of data.max_size = {config.data.max_size} px")
+    print(format_report(report, title))
+    for option, path in (("--out", args.out), ("--plot", args.plot)):
+        if not path:
+            continue
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if option == "--out":
+                Path(path).write_text(json.dumps(json_safe(report), indent=2))
+            else:
+                plot_anchor_report(boxes_wh, report, Path(path))
+        except OSError as error:
+            raise DetectorError(f"{option} {path} cannot be written ({error.strerror or error})") from None
+        print(f"wrote {path}")
     return 0
 
 

@@ -35,6 +35,7 @@ from detector.evaluation import COCOEvaluator, EvalResult
 from detector.optim import ModelEMA, build_optimizer, build_scheduler
 from detector.runs import MetricsLogger, new_run_dir, plot_curves
 from detector.structures import Dataset, DetectorError, Targets
+from detector.tta import build_tta
 
 
 class StopRequested(Exception):
@@ -140,22 +141,38 @@ def evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.de
 
 def _evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.device, with_loss: bool,
               progress: bool) -> EvalOutput:
+    """With `eval.tta` the detections are those of detector.tta (one loader per size, in step); the losses are
+    then those of the data.max_size view (an extra pass; none when eval.tta_sizes leaves that size out)."""
     model.eval()
-    data = DetectionDataset(dataset, build_transform(None, config.data.max_size, train=False), file_proposals(config))
-    loader = build_loader(data, config.eval.batch_size, False, min(config.data.num_workers, 2), config.train.seed)
+    tta = build_tta(config) if config.eval.tta else None
+    sizes = tta.sizes if tta else (config.data.max_size,)
+    proposals = file_proposals(config)
+    loaders = [build_loader(DetectionDataset(dataset, build_transform(None, size, train=False), proposals),
+                            config.eval.batch_size, False, min(config.data.num_workers, 2), config.train.seed)
+               for size in sizes]
+    loss_view = sizes.index(config.data.max_size) if with_loss and config.data.max_size in sizes else None
     evaluator = COCOEvaluator(list(config.model.class_names))
     records = {r.image_id: r for r in dataset.records}
     loss_sums: dict[str, float] = {}
     batches = 0
-    for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
-        if with_loss:  # one backbone pass for both
+    for views in tqdm(zip(*loaders), total=len(loaders[0]), desc="eval", unit="batch", disable=not progress,
+                      leave=False):
+        batch = views[0]  # every view holds the same images, in the same order
+        losses = None
+        if tta is not None:
+            detections = tta.predict(model, [v.images for v in views], batch.original_sizes,
+                                     [v.proposals for v in views])
+            if loss_view is not None:
+                losses = model(views[loss_view].images, views[loss_view].targets, views[loss_view].proposals)
+        elif with_loss:  # one backbone pass for both
             detections, losses = model.predict_with_losses(batch.images, batch.targets, batch.original_sizes,
                                                            batch.proposals)
+        else:
+            detections = model.predict(batch.images, batch.original_sizes, batch.proposals)
+        if losses is not None:
             for key, value in losses.items():
                 loss_sums[key] = loss_sums.get(key, 0.0) + float(value)
             batches += 1
-        else:
-            detections = model.predict(batch.images, batch.original_sizes, batch.proposals)
         originals = [records[i] for i in batch.image_ids]
         targets = [Targets(r.boxes, r.labels, (r.height, r.width), r.ignore) for r in originals]
         evaluator.process(batch.image_ids, targets, [d.to("cpu") for d in detections])

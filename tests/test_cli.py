@@ -12,6 +12,7 @@ import pytest
 from detector.cli import main
 
 DETECTOR = str(Path(sys.executable).parent / "detector")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -176,3 +177,50 @@ def test_convert_kitti_to_coco_keeps_the_boxes(shared_data, tmp_path):
     assert car_row.split()[1] == "209"
     again = run("convert", "--from", "kitti", "--to", "coco", str(shared_data / "kitti_tiny"), str(tmp_path / "coco"))
     assert_one_sentence_error(again, str(tmp_path / "coco"))
+
+
+def test_data_anchors_reports_coverage_and_a_pasteable_grid(shared_data, tmp_path):
+    import json
+
+    import yaml
+
+    from detector.config import load_config
+    from detector.data.build import build_datasets
+
+    config_path, data = str(REPO / "configs" / "kitti_cars.yaml"), f"data.train_path={shared_data / 'kitti_tiny'}"
+    out, plot = tmp_path / "report" / "anchors.json", tmp_path / "anchors.png"
+    result = run("data", "anchors", "-c", config_path, "--out", str(out), "--plot", str(plot), data)
+    assert result.returncode == 0, result.stderr
+    assert "shape-only" in result.stdout and "IoU >= 0.7" in result.stdout
+    report = json.loads(out.read_text())
+    config = load_config(config_path, [data])
+    train, _ = build_datasets(config)
+    assert report["split"] == "train" and report["boxes"] == sum(len(r.boxes) for r in train.records) > 0
+    assert report["current"]["anchor_sizes"] == config.model.anchor_sizes
+    proposed, current = report["proposed"], report["current"]
+    assert proposed["coverage"]["0.7"] >= current["coverage"]["0.7"]  # the search also starts from the config's grid
+    assert proposed["anchors_per_location"] <= current["anchors_per_location"]
+    snippet = yaml.safe_load("\n".join(line for line in result.stdout.splitlines() if line.startswith("  anchor_")))
+    assert snippet == {"anchor_sizes": proposed["anchor_sizes"], "anchor_ratios": proposed["anchor_ratios"]}
+    assert plot.stat().st_size > 0
+
+
+def test_data_anchors_option_errors(tmp_path):
+    config_path = str(REPO / "configs" / "kitti_cars.yaml")
+    assert_one_sentence_error(run("data", "anchors", "-c", config_path, "--iou", "1.5"), "--iou")
+    assert_one_sentence_error(run("data", "anchors", "-c", str(tmp_path / "none.yaml")), "none.yaml")
+
+
+def test_eval_with_tta_through_the_override(tiny_checkpoint, tmp_path):
+    import json
+
+    val = tiny_checkpoint.parent.parent.parent / "data" / "val"
+    out = tmp_path / "tta"
+    result = run("eval", str(tiny_checkpoint), str(val), "--format", "coco", "--out", str(out), "eval.tta=true")
+    assert result.returncode == 0, result.stderr
+    assert "AP50" in result.stdout and "val_roi_cls" in result.stdout
+    assert 0.0 <= json.loads((out / "metrics.json").read_text())["AP50"] <= 1.0
+    assert json.loads((out / "detections.json").read_text())
+    bad = run("eval", str(tiny_checkpoint), str(val), "--format", "coco", "--out", str(tmp_path / "bad"),
+              "eval.tta=true", "eval.tta_sizes=[0]")
+    assert_one_sentence_error(bad, "eval.tta_sizes")
