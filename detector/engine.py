@@ -335,6 +335,7 @@ class Trainer:
             self.batch_in_epoch += 1
             if self.batch_in_epoch % train.accumulate == 0 or self.batch_in_epoch == self.batches_per_epoch:
                 self._optimizer_step()
+                self._maybe_snapshot()
                 if self.step % train.log_every == 0:
                     row = {k: float(v.detach()) for k, v in losses.items()}
                     self.logger.log(self.step, epoch=self.epoch, loss=float(loss.detach()), lr=self.optimizer.param_groups[0]["lr"], **row)
@@ -347,6 +348,16 @@ class Trainer:
             if self.budget_fraction() >= 1.0:
                 return False
         return True
+
+    def _maybe_snapshot(self) -> None:
+        """Every `train.snapshot_every_min` minutes of training, the weights evaluation would use (EMA's when on)
+        as snapshot_<minutes>min.pt, for accuracy-against-time curves scored after training."""
+        every = self.config.train.snapshot_every_min * 60
+        minutes = self.train_seconds() / 60
+        if every <= 0 or self.train_seconds() < (len(list(self.run_dir.glob("snapshot_*min.pt"))) + 1) * every:
+            return
+        model = self.ema.module if self.ema else self.model
+        self.save(f"snapshot_{minutes:06.2f}min.pt", model.state_dict())
 
     def _optimizer_step(self) -> None:
         clip = self.config.train.clip_grad_norm

@@ -16,6 +16,7 @@ import torch
 from conftest import tiny_run_overrides
 from detector.checkpoint import load_checkpoint, save_checkpoint
 from detector.config import load_config
+from detector.detector import load_detector
 from detector.engine import EpochSampler, Trainer
 from detector.structures import DetectorError
 
@@ -111,6 +112,20 @@ def test_a_resumed_run_keeps_counting_its_time_budget(tmp_path):
     del payload["train_seconds"]  # a checkpoint written before the field existed starts the clock afresh
     torch.save(payload, run / "last.pt")
     assert Trainer(config, resume=run / "last.pt", progress=False).budget_fraction() < 0.01
+
+
+def test_snapshots_every_n_training_minutes_load_as_checkpoints(tmp_path):
+    """train.snapshot_every_min: one snapshot each time that much training time has passed, named by its minute."""
+    config = load_config(None, tiny_run_overrides(tmp_path, **{"train.epochs": 1, "train.snapshot_every_min": 1e-4}))
+    run = Trainer(config, progress=False).fit()
+    snapshots = sorted(run.glob("snapshot_*min.pt"))
+    assert len(snapshots) >= 2  # every step of the tiny run takes longer than 6 ms
+    minutes = [float(p.name[len("snapshot_"):-len("min.pt")]) for p in snapshots]
+    assert minutes == sorted(minutes) and minutes[-1] < 1  # named by training minute (2 decimals)
+    model, _ = load_detector(snapshots[0])
+    assert sum(p.numel() for p in model.parameters()) > 0
+    plain = load_config(None, tiny_run_overrides(tmp_path / "plain", **{"train.epochs": 1}))
+    assert not list(Trainer(plain, progress=False).fit().glob("snapshot_*"))
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
