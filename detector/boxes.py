@@ -122,4 +122,4 @@ class BoxCoder:
         w, h = torch.exp(dw) * ref_w, torch.exp(dh) * ref_h
         # (N, k) each -> (N, k, 4) -> (N, 4*k)
         boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=2)
-        return boxes.reshape(deltas.shape[0], -1)
+        return boxes.reshape(deltas.shape[0], deltas.shape[1])  # explicit width: -1 is ambiguous when N == 0

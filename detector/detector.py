@@ -7,6 +7,7 @@ the data transforms: the model only normalizes, pads to a stride multiple and re
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,10 +18,11 @@ from torch import nn
 
 from detector.anchors import AnchorGenerator
 from detector.backbone import Backbone, build_backbone
+from detector.cascade import CascadeRoIHeads
 from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
-from detector.config import Config, apply_overrides
+from detector.config import Config, ModelConfig, apply_overrides
 from detector.proposals import FileProposals, SelectiveSearchProposals
-from detector.roi_heads import ConvHead, FCHead, Predictor, RoIHeads
+from detector.roi_heads import C4Head, ConvHead, FCHead, Predictor, RoIHeads
 from detector.roi_pool import RoIPool
 from detector.rpn import RPN, RPNHead
 from detector.structures import Detections, DetectorError, ImageBatch, Targets
@@ -33,7 +35,7 @@ class FastRCNN(nn.Module):
         self,
         backbone: Backbone,
         proposal_source: nn.Module,
-        roi_heads: RoIHeads,
+        roi_heads: RoIHeads | CascadeRoIHeads,
         class_names: list[str],
         size_divisible: int = 32,
     ) -> None:
@@ -157,10 +159,72 @@ def build_proposal_source(config: Config, backbone: Backbone) -> nn.Module:
     )
 
 
+@torch.no_grad()
+def _output_channels(stage: nn.Module, in_channels: int) -> int:
+    """Channels a stage outputs, from a dry run in eval mode (training modes restored)."""
+    modes = [(m, m.training) for m in stage.modules()]
+    channels = stage.eval()(torch.zeros(1, in_channels, 32, 32)).shape[1]
+    for module, mode in modes:
+        module.train(mode)
+    return int(channels)
+
+
+def build_c4_stage(model: ModelConfig, backbone: Backbone, pretrained: bool) -> tuple[nn.Module, int]:
+    """A fresh copy of the backbone's stride-32 stage (the blocks after its stride-16 output) with its ImageNet
+    weights, and its output channels, for `C4Head`."""
+    if model.fpn:
+        raise DetectorError("config key 'model.head' is 'c4', which runs the backbone's stride-32 stage on "
+                            "stride-16 features and so needs model.fpn false (use head fc or conv with an FPN)")
+    # fpn=True keeps every stage up to stride 32, with the same weights: take the stages after the stride-16 one
+    full = build_backbone(model.backbone, weights=model.weights if pretrained else "none",
+                          freeze_stages=0, frozen_bn=model.frozen_bn, fpn=True)
+    names = list(full.stages)
+    last = names[names.index(backbone.return_stages[-1]) + 1: names.index(full.return_stages[-1]) + 1]
+    stage = nn.Sequential(*(full.stages[name] for name in last))
+    if not any(p.numel() for p in stage.parameters()):
+        raise DetectorError(f"config key 'model.head' is 'c4', but {model.backbone}'s stride-32 stage "
+                            f"({', '.join(last)}) has no pretrained layers to reuse; use head fc or conv")
+    return stage, _output_channels(stage, backbone.out_channels)
+
+
+def build_roi_heads(model: ModelConfig, backbone: Backbone, pretrained: bool) -> RoIHeads | CascadeRoIHeads:
+    """The box head(s) chosen by `model.head`, single-stage or, with `model.cascade_ious`, one per cascade stage."""
+    num_stages = max(len(model.cascade_ious), 1)
+    output_size = (model.roi_output_size[0], model.roi_output_size[1])
+    if model.head == "c4":
+        # pooled at twice the grid: the stage's stride 2 brings it back to output_size
+        pool_size = (2 * output_size[0], 2 * output_size[1])
+        stage, out_dim = build_c4_stage(model, backbone, pretrained)
+        box_heads = [C4Head(copy.deepcopy(stage), out_dim) for _ in range(num_stages)]
+    else:
+        pool_size = output_size
+        head_type = ConvHead if model.head == "conv" else FCHead
+        box_heads = [head_type(backbone.out_channels, output_size, model.head_dim) for _ in range(num_stages)]
+    pooler = RoIPool(pool_size, [1.0 / s for s in backbone.strides], model.roi_pool_mode, model.roi_sampling_ratio)
+    num_classes = len(model.class_names)
+    shared = dict(
+        batch_per_image=model.roi_batch_per_image,
+        positive_fraction=model.roi_positive_fraction,
+        box_loss=model.box_loss,
+        box_loss_weight=model.box_loss_weight,
+        score_thresh=model.score_thresh,
+        nms_thresh=model.nms_thresh,
+        detections_per_image=model.detections_per_image,
+    )
+    if model.cascade_ious:
+        predictors = [Predictor(head.out_dim, num_classes, class_agnostic=True) for head in box_heads]
+        return CascadeRoIHeads(pooler, box_heads, predictors, num_classes, model.cascade_ious, **shared)
+    predictor = Predictor(box_heads[0].out_dim, num_classes)
+    return RoIHeads(pooler, box_heads[0], predictor, num_classes, fg_iou=model.roi_fg_iou, **shared)
+
+
 def build_detector(config: Config, pretrained: bool = True) -> FastRCNN:
     """Map the config to constructors. `pretrained=False` skips loading ImageNet weights
     (used when a checkpoint will overwrite them anyway)."""
     model = config.model
+    for iou in model.cascade_ious:  # before the slow part: config.validate does not know this key's range
+        if not 0.0 < iou <= 1.0:
+            raise DetectorError(f"config key 'model.cascade_ious' holds {iou}; every IoU must be in (0, 1]")
     backbone = build_backbone(
         model.backbone,
         weights=model.weights if pretrained else "none",
@@ -169,24 +233,7 @@ def build_detector(config: Config, pretrained: bool = True) -> FastRCNN:
         fpn=model.fpn,
         fpn_channels=model.fpn_channels,
     )
-    output_size = (model.roi_output_size[0], model.roi_output_size[1])
-    pooler = RoIPool(output_size, [1.0 / s for s in backbone.strides], model.roi_pool_mode, model.roi_sampling_ratio)
-    head_type = ConvHead if model.head == "conv" else FCHead
-    box_head = head_type(backbone.out_channels, output_size, model.head_dim)
-    num_classes = len(model.class_names)
-    roi_heads = RoIHeads(
-        pooler,
-        box_head,
-        Predictor(box_head.out_dim, num_classes),
-        num_classes,
-        fg_iou=model.roi_fg_iou,
-        batch_per_image=model.roi_batch_per_image,
-        positive_fraction=model.roi_positive_fraction,
-        box_loss=model.box_loss,
-        score_thresh=model.score_thresh,
-        nms_thresh=model.nms_thresh,
-        detections_per_image=model.detections_per_image,
-    )
+    roi_heads = build_roi_heads(model, backbone, pretrained)
     size_divisible = max(32, max(backbone.strides))
     return FastRCNN(backbone, build_proposal_source(config, backbone), roi_heads, model.class_names, size_divisible)
 
