@@ -36,12 +36,6 @@ def stage_box_coder_weights(stage: int) -> tuple[float, float, float, float]:
     return (10.0 * (stage + 1), 10.0 * (stage + 1), 5.0 * (stage + 1), 5.0 * (stage + 1))
 
 
-def _decode(box_coder: BoxCoder, deltas: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """(R, 4) class-agnostic deltas on (R, 4) xyxy boxes -> (R, 4) xyxy, also for R == 0 (a stage whose every
-    ROI was ignored), where `BoxCoder.decode` cannot infer the output's width."""
-    return box_coder.decode(deltas, boxes) if len(deltas) else boxes.new_zeros((0, 4))
-
-
 class CascadeRoIHeads(nn.Module):
     """One (box head, class-agnostic predictor) pair per stage over one shared pooler.
 
@@ -150,7 +144,7 @@ class CascadeRoIHeads(nn.Module):
     ) -> list[torch.Tensor]:
         """Training: the stage's decoded boxes of its sampled ROIs, clipped, without the added gt boxes (the next
         stage adds them again) and without empty boxes (which cannot be encoded against)."""
-        decoded = _decode(self.box_coders[stage], pred_deltas.detach().float(), torch.cat(sampled).float())
+        decoded = self.box_coders[stage].decode(pred_deltas.detach().float(), torch.cat(sampled).float())
         boxes_per_image = []
         for boxes, is_gt, size in zip(decoded.split([len(s) for s in sampled]), from_gt, image_sizes):
             boxes = clip_boxes(boxes[~is_gt], size)
@@ -170,7 +164,7 @@ class CascadeRoIHeads(nn.Module):
         boxes = torch.cat(proposals_per_image).float()  # (R, 4): one box per ROI through the whole cascade
         for stage in range(self.num_stages - 1):
             _, pred_deltas = self.stage_predictions(stage, features, list(boxes.split(counts)))
-            decoded = _decode(self.box_coders[stage], pred_deltas.float(), boxes)
+            decoded = self.box_coders[stage].decode(pred_deltas.float(), boxes)
             boxes = torch.cat([clip_boxes(b, size) for b, size in zip(decoded.split(counts), image_sizes)])
         pooled = self.pooler(features, list(boxes.split(counts)))
         scores = torch.zeros((len(boxes), self.num_classes + 1), device=boxes.device)
@@ -178,7 +172,7 @@ class CascadeRoIHeads(nn.Module):
             cls_logits, pred_deltas = self.predictors[stage](self.box_heads[stage](pooled))
             scores += F.softmax(cls_logits.float(), dim=1) / self.num_stages
             if stage == self.num_stages - 1:
-                final = _decode(self.box_coders[stage], pred_deltas.float(), boxes)
+                final = self.box_coders[stage].decode(pred_deltas.float(), boxes)
         # (R, 4) -> (R, K, 4): the class-agnostic box serves every class
         final = final[:, None, :].expand(-1, self.num_classes, -1)
         return select_detections(scores, final, counts, image_sizes,

@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, help="coco | voc | yolo | kitti")
     p.add_argument("--out", help="output folder (default runs/eval/<name>)")
     p.add_argument("--filter", default="", help="only images whose file name matches this regular expression")
+    p.add_argument("--split", choices=("val", "test"),
+                   help="only the checkpoint config's validation or test block (data.val_filter / data.test_filter)")
     p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="torch",
                    help="how the backbone runs (as in detect): torch (the default, as training validates), onnx, auto")
     _add_overrides(p)

@@ -41,6 +41,14 @@ def run_eval(args: argparse.Namespace) -> int:
     model.to(device)
     runtime = prepare_for_inference(model, args.runtime, device)
     dataset = read_dataset_for_checkpoint(config, args.dataset, args.checkpoint)
+    if args.split:
+        key = f"data.{args.split}_filter"
+        pattern = getattr(config.data, f"{args.split}_filter")
+        if not pattern:
+            raise DetectorError(f"--split {args.split}: the checkpoint's config has no {key}; pass it as an override")
+        dataset = filter_records(dataset, pattern, True, key)
+        if not dataset.records:
+            raise DetectorError(f"--split {args.split}: {key} '{pattern}' matches no image of {args.dataset}")
     if args.filter:
         dataset = filter_records(dataset, args.filter, True, "--filter")
         if not dataset.records:

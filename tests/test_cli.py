@@ -224,3 +224,19 @@ def test_eval_with_tta_through_the_override(tiny_checkpoint, tmp_path):
     bad = run("eval", str(tiny_checkpoint), str(val), "--format", "coco", "--out", str(tmp_path / "bad"),
               "eval.tta=true", "eval.tta_sizes=[0]")
     assert_one_sentence_error(bad, "eval.tta_sizes")
+
+
+def test_eval_split_uses_the_checkpoint_config_blocks(tiny_checkpoint, tmp_path):
+    import json
+
+    val = tiny_checkpoint.parent.parent.parent / "data" / "val"
+    assert_one_sentence_error(run("eval", str(tiny_checkpoint), str(val), "--format", "coco", "--split", "test"),
+                              "data.test_filter")
+    assert_one_sentence_error(run("eval", str(tiny_checkpoint), str(val), "--format", "coco", "--split", "test",
+                                  "data.test_filter=^nothing"), "matches no image")
+    out = tmp_path / "test"
+    result = run("eval", str(tiny_checkpoint), str(val), "--format", "coco", "--split", "test", "--out", str(out),
+                 r"data.test_filter=^00000[01]\.")
+    assert result.returncode == 0, result.stderr
+    # the synthetic images 000000 and 000001 are COCO ids 1 and 2: nothing else was evaluated
+    assert {d["image_id"] for d in json.loads((out / "detections.json").read_text())} <= {1, 2}
