@@ -350,14 +350,18 @@ class Trainer:
         return True
 
     def _maybe_snapshot(self) -> None:
-        """Every `train.snapshot_every_min` minutes of training, the weights evaluation would use (EMA's when on)
-        as snapshot_<minutes>min.pt, for accuracy-against-time curves scored after training."""
-        every = self.config.train.snapshot_every_min * 60
-        minutes = self.train_seconds() / 60
-        if every <= 0 or self.train_seconds() < (len(list(self.run_dir.glob("snapshot_*min.pt"))) + 1) * every:
+        """At every multiple of `train.snapshot_every_min` minutes of training, the weights evaluation would use (EMA's
+        when on) as snapshot_<minute mark>min.pt, for accuracy-against-time curves scored after training. A file is
+        named by its minute mark, not the clock's reading, so names never collide however short the steps; a step
+        that crosses several marks saves the last one; a resumed run keeps the marks already on disk."""
+        every_min = self.config.train.snapshot_every_min
+        if every_min <= 0:
             return
-        model = self.ema.module if self.ema else self.model
-        self.save(f"snapshot_{minutes:06.2f}min.pt", model.state_dict())
+        mark = int(self.train_seconds() // (every_min * 60))
+        path = self.run_dir / f"snapshot_{mark * every_min:06.2f}min.pt"
+        if mark >= 1 and not path.exists():
+            model = self.ema.module if self.ema else self.model
+            self.save(path.name, model.state_dict())
 
     def _optimizer_step(self) -> None:
         clip = self.config.train.clip_grad_norm

@@ -33,6 +33,7 @@ def test_int_widens_to_float():
         ("model.roi_output_size=7", "'model.roi_output_size' expects a list"),
         ("model.roi_pool_mode=bilinear", "expected one of partition, torchvision, align"),
         ("train.lr", "section.key=value"),
+        ("train.snapshot_every_min=0.001", "'train.snapshot_every_min' is 0.001; expected 0"),
     ],
 )
 def test_bad_overrides_fail_with_one_sentence(override, message):

@@ -114,14 +114,18 @@ def test_a_resumed_run_keeps_counting_its_time_budget(tmp_path):
     assert Trainer(config, resume=run / "last.pt", progress=False).budget_fraction() < 0.01
 
 
-def test_snapshots_every_n_training_minutes_load_as_checkpoints(tmp_path):
-    """train.snapshot_every_min: one snapshot each time that much training time has passed, named by its minute."""
-    config = load_config(None, tiny_run_overrides(tmp_path, **{"train.epochs": 1, "train.snapshot_every_min": 1e-4}))
-    run = Trainer(config, progress=False).fit()
+def test_snapshots_every_n_training_minutes_load_as_checkpoints(tmp_path, monkeypatch):
+    """train.snapshot_every_min: one snapshot at each minute mark the training clock passes, named by the mark, so
+    fast steps never overwrite one another (CI's machine once trained the tiny run within one 0.01-minute name)."""
+    config = load_config(None, tiny_run_overrides(tmp_path, **{"train.epochs": 1, "train.snapshot_every_min": 0.01}))
+    monkeypatch.setattr(Trainer, "train_seconds", lambda self: 0.75 * self.step)  # 0.75 s per optimizer step
+    trainer = Trainer(config, progress=False)
+    run = trainer.fit()
     snapshots = sorted(run.glob("snapshot_*min.pt"))
-    assert len(snapshots) >= 2  # every step of the tiny run takes longer than 6 ms
     minutes = [float(p.name[len("snapshot_"):-len("min.pt")]) for p in snapshots]
-    assert minutes == sorted(minutes) and minutes[-1] < 1  # named by training minute (2 decimals)
+    # marks at 0.6 s steps: step s at 0.75*s seconds passes mark floor(1.25*s); step 4 crosses marks 4 and 5, saves 5
+    expected = sorted({int(0.75 * step // 0.6) for step in range(1, trainer.step + 1)} - {0})
+    assert trainer.step >= 4 and minutes == pytest.approx([0.01 * mark for mark in expected])
     model, _ = load_detector(snapshots[0])
     assert sum(p.numel() for p in model.parameters()) > 0
     plain = load_config(None, tiny_run_overrides(tmp_path / "plain", **{"train.epochs": 1}))
