@@ -1,5 +1,5 @@
 """detector: a Fast R-CNN-style car detector (ImageNet backbones, RPN / selective search / file proposals,
-ROI pooling to 3x2 or 7x7, COCO mAP, detection on images, folders, video files and streams)."""
+ROI pooling to the lecture's 3-wide x 2-high grid or 7x7, COCO mAP, detection on images, folders, video files and streams)."""
 
 import os
 

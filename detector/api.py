@@ -21,7 +21,8 @@ from detector.config import Config
 from detector.data.dataset import image_to_tensor
 from detector.data.images import load_image
 from detector.data.transforms import build_transform
-from detector.detector import FastRCNN, load_detector
+from detector.checkpoint import load_detector
+from detector.detector import FastRCNN
 from detector.distributed import resolve_device
 from detector.runtime import prepare_for_inference
 from detector.structures import Detections, DetectorError

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import torch
-from torchvision.ops import box_area, box_iou
+from torchvision.ops import box_area, box_iou, clip_boxes_to_image
 
 __all__ = [
     "BoxCoder",
@@ -55,11 +55,8 @@ def xyxy_to_cxcywh_norm(boxes: np.ndarray, width: int, height: int) -> np.ndarra
 
 
 def clip_boxes(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """Clip (N, 4) xyxy boxes to an image of (height, width)."""
-    height, width = image_size
-    x = boxes[..., 0::2].clamp(0, width)
-    y = boxes[..., 1::2].clamp(0, height)
-    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+    """Clip (..., 4) xyxy boxes to an image of (height, width) (torchvision.ops.clip_boxes_to_image)."""
+    return clip_boxes_to_image(boxes, (int(image_size[0]), int(image_size[1])))
 
 
 def nondegenerate(boxes: torch.Tensor, min_size: float = 1e-3) -> torch.Tensor:

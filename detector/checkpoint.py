@@ -12,13 +12,17 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchvision
 
-from detector.config import Config, config_from_dict
+from detector.config import Config, apply_overrides, config_from_dict
 from detector.structures import DetectorError
+
+if TYPE_CHECKING:
+    from detector.detector import FastRCNN
 
 FORMAT = "detector-checkpoint-v1"
 
@@ -113,3 +117,15 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
         raise DetectorError(
             f"checkpoint {path} was made for a different architecture ({len(problems)} mismatched weights, e.g. '{problems[0]}')"
         )
+
+
+def load_detector(checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple["FastRCNN", Config]:
+    """The trained model of a checkpoint written by `detector train` (weights only: no code in it runs), in eval
+    mode on the CPU, and its config with ``overrides`` (``section.key=value``, e.g. model.score_thresh) applied."""
+    payload = load_checkpoint(checkpoint)
+    config = apply_overrides(checkpoint_config(payload, checkpoint), overrides)
+    from detector.detector import build_detector  # checkpoints sit above the model: the model never imports them
+
+    model = build_detector(config, pretrained=False)
+    load_model_state(model, payload["model"], checkpoint)
+    return model.eval(), config

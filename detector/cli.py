@@ -9,6 +9,23 @@ import warnings
 EXIT_USER_ERROR = 2
 
 
+def _number(kind: type, low: float, high: float | None = None, what: str = ""):
+    """An argparse type: a ``kind`` number in [low, high], else one sentence naming the expected range."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}") from None
+        if not (value == value and value >= low and (high is None or value <= high)):  # value == value: not NaN
+            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}")
+        return value
+    return parse
+
+
+_SCORE = _number(float, 0.0, 1.0, "a score in [0, 1]")
+_COUNT = _number(int, 1, None, "an integer of at least 1")
+
+
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.epochs=5")
 
@@ -39,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source")
     p.add_argument("--out", help="output folder (default runs/detect/<name>)")
     p.add_argument("--classes", nargs="+", help="only these class names")
-    p.add_argument("--score-thresh", type=float, default=0.5)
-    p.add_argument("--max-det", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=0,
+    p.add_argument("--score-thresh", type=_SCORE, default=0.5)
+    p.add_argument("--max-det", type=_COUNT, default=100)
+    p.add_argument("--batch-size", type=_number(int, 0, None, "an integer of at least 0 (0: automatic)"), default=0,
                    help="frames per model call (default: 1 on CPU, where batching measured slower; 8 on CUDA)")
     p.add_argument("--show", action="store_true", help="show a window when a display exists")
     p.add_argument("--device", default="auto")
@@ -55,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="per-layer table: output shape, stride, receptive field, parameters, GFLOPs")
     p.add_argument("-c", "--config")
-    p.add_argument("--input-size", nargs=2, type=int, default=[320, 320], metavar=("H", "W"))
+    p.add_argument("--input-size", nargs=2, type=_number(int, 32, None, "a size of at least 32 pixels"),
+                   default=[320, 320], metavar=("H", "W"))
     _add_overrides(p)
 
     p = sub.add_parser("convert", help="convert a dataset between formats")
@@ -64,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--names-file", help="YOLO class names file")
+    p.add_argument("--image-root", help="COCO: the folder the JSON's file names are relative to (e.g. train2017/)")
+    p.add_argument("--link", action="store_true",
+                   help="hard-link the images instead of copying them (no extra space; editing one edits the other)")
 
     p = sub.add_parser("data", help="dataset tools: stats, show, anchors")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
@@ -71,19 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("path")
     q.add_argument("--format", required=True)
     q.add_argument("--names-file")
+    q.add_argument("--image-root", help="COCO: the folder the JSON's file names are relative to")
     q = data_sub.add_parser("show", help="draw a grid of samples with their boxes (after augmentation)")
     q.add_argument("path")
     q.add_argument("--format", required=True)
     q.add_argument("--augment", action="store_true")
     q.add_argument("--out", default="grid.png")
-    q.add_argument("--num", type=int, default=16)
+    q.add_argument("--num", type=_COUNT, default=16)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("-c", "--config", help="config whose augment and data.max_size sections are used")
     q.add_argument("--names-file")
+    q.add_argument("--image-root", help="COCO: the folder the JSON's file names are relative to")
     q = data_sub.add_parser("anchors", help="how well the config's anchors fit its boxes, and a better sizes x ratios grid")
     q.add_argument("-c", "--config", required=True, help="config whose data (split, data.max_size) and anchors are used")
     q.add_argument("--split", choices=("train", "val"), default="train", help="the split whose boxes are measured")
-    q.add_argument("--iou", type=float, default=0.7, help="shape-only IoU a box needs with an anchor to be covered")
+    q.add_argument("--iou", type=_number(float, 0.0, 1.0, "an IoU in [0, 1]"), default=0.7, help="shape-only IoU a box needs with an anchor to be covered")
     q.add_argument("--out", help="also write the report as JSON to this file")
     q.add_argument("--plot", metavar="PATH", help="also draw box width/height with the anchor shapes to this image")
     _add_overrides(q)
@@ -93,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--mode", default="fast", choices=["fast", "quality"])
-    p.add_argument("--max", type=int, default=2000)
+    p.add_argument("--max", type=_COUNT, default=2000)
 
     return parser
 
@@ -114,6 +137,17 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+def one_sentence(error: Exception) -> str:
+    """The error's own sentence. A DetectorError raised in a DataLoader worker reaches the main process re-raised
+    with the message "Caught DetectorError in DataLoader worker process 0. Original Traceback ...": keep its last
+    line, without the exception's module path."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return last.split("DetectorError: ", 1)[-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     warnings.formatwarning = _one_line_warning
@@ -129,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{stop}; continue with `detector train --resume {stop.checkpoint}`", file=sys.stderr)
         return 128 + stop.signum
     except DetectorError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_sentence(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -30,7 +30,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from detector.data.build import filter_records
-    from detector.detector import load_detector
+    from detector.checkpoint import load_detector
     from detector.distributed import resolve_device
     from detector.engine import evaluate
     from detector.runs import new_run_dir, prepare_out_dir
@@ -54,6 +54,9 @@ def run_eval(args: argparse.Namespace) -> int:
         if not dataset.records:
             raise DetectorError(f"--filter '{args.filter}' matches no image of {args.dataset}")
     out = prepare_out_dir(args.out) if args.out else new_run_dir("runs/eval", Path(args.checkpoint).parent.name)
+    from detector.data.stats import report_datasets
+
+    report_datasets({"eval": dataset}, out)
     output = evaluate(model, dataset, config, device)
     result = output.result
     print(f"backbone runtime: {runtime} on {device}")
@@ -63,7 +66,7 @@ def run_eval(args: argparse.Namespace) -> int:
     output.save(out, config)
     metrics = {**result.metrics, "per_class": result.per_class, **output.losses}
     (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
-    print(f"wrote {out}/metrics.json, detections.json, pr_curves.png, confusion_matrix.png")
+    print(f"wrote {out}/metrics.json, detections.json, ground_truth.json, pr_curves.png, confusion_matrix.png")
     return 0
 
 
@@ -120,8 +123,11 @@ def run_convert(args: argparse.Namespace) -> int:
     from detector.data.readers import read_dataset
     from detector.data.writers import write_dataset
 
-    dataset = read_dataset(args.src, args.src_format, names_file=args.names_file)
-    out = write_dataset(dataset, Path(args.dst), args.dst_format)
+    from detector.data.stats import report_datasets
+
+    dataset = read_dataset(args.src, args.src_format, names_file=args.names_file, image_root=args.image_root)
+    out = write_dataset(dataset, Path(args.dst), args.dst_format, link=args.link)
+    report_datasets({"source": dataset})
     print(f"wrote {len(dataset.records)} images in {args.dst_format} format to {out}")
     return 0
 
@@ -131,16 +137,19 @@ def run_data(args: argparse.Namespace) -> int:
 
     if args.data_command == "anchors":
         return run_data_anchors(args)
-    dataset = read_dataset(args.path, args.format, names_file=args.names_file)
-    for line in dataset.report.warnings():
-        print(f"warning: {line}")
+    dataset = read_dataset(args.path, args.format, names_file=args.names_file, image_root=args.image_root)
     if args.data_command == "stats":
-        from detector.data.stats import dataset_stats, format_stats
+        from detector.data.stats import count_converted_images, dataset_stats, format_stats
 
+        count_converted_images(dataset)
         print(format_stats(dataset_stats(dataset)))
         return 0
+    from detector.data.stats import report_datasets
     from detector.visualize import show_dataset
 
+    if Path(args.out).exists():
+        raise DetectorError(f"--out {args.out} already exists; choose a new file name (nothing is overwritten)")
+    report_datasets({"data": dataset})
     config = load_config(args.config) if args.config else Config()
     augment = config.augment if args.augment else None
     out = show_dataset(dataset, Path(args.out), augment, config.data.max_size, num=args.num, seed=args.seed)
@@ -183,11 +192,13 @@ def run_data_anchors(args: argparse.Namespace) -> int:
 
 
 def run_proposals(args: argparse.Namespace) -> int:
+    from detector.data.images import load_image
+    from detector.data.proposals_file import write_proposals_file
     from detector.data.readers import read_dataset
-    from detector.proposals import compute_proposals, write_proposals_file
+    from detector.proposals import compute_proposals
 
     dataset = read_dataset(args.dataset, args.format)
-    proposals = compute_proposals(dataset, mode=args.mode, max_proposals=args.max)
+    proposals = compute_proposals(dataset, load_image, mode=args.mode, max_proposals=args.max)
     write_proposals_file(Path(args.out), proposals)
     print(f"wrote proposals for {len(proposals)} images to {args.out}")
     return 0

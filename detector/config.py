@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -61,7 +62,7 @@ class ModelConfig:
     # ROI pooling: align (RoIAlign, the default: it localizes best, see docs/BENCHMARKS.md) |
     # partition (the lecture's non-overlapping bins) | torchvision (torchvision.ops.roi_pool)
     roi_pool_mode: str = "align"
-    # Output grid (rows, cols): [2, 3] is the lecture's 3x2 grid, [7, 7] the classic Fast R-CNN grid.
+    # Output grid [rows, cols]: [2, 3] is the lecture's grid (3 wide, 2 high), [7, 7] the classic Fast R-CNN grid.
     roi_output_size: list[int] = field(default_factory=lambda: [7, 7])
     roi_sampling_ratio: int = 2  # RoIAlign samples per bin side (align mode only)
     # Box head: fc (flatten -> two fully connected layers) | conv (a small conv head then one fc) |
@@ -106,6 +107,12 @@ class DataConfig:
     # Source class names that become ignore regions (neither positive nor negative).
     ignore_classes: list[str] = field(default_factory=lambda: ["DontCare"])
     names_file: str = ""  # YOLO: class names file or data YAML
+    # COCO only: the folder the JSON's file_name values are relative to (COCO's own train2017/ beside annotations/);
+    # empty = look next to the JSON (detector/data/coco.py).
+    image_root: str = ""
+    # VOC only: auto | 1-based | 0-based pixel values; auto reads 1-based (as the VOC spec and Detectron2) unless a box
+    # starts at 0, then 0-based with a warning (detector/data/voc.py).
+    voc_coordinates: str = "auto"
     # KITTI only: all | easy | moderate | hard, the level validation (and `detector eval`) scores at: objects the
     # KITTI benchmark would not score there (too short, too occluded or truncated; detector/data/kitti.py) become
     # ignore regions. Training always learns from every labelled object.
@@ -225,6 +232,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (int -> float widening allowed)."""
     origin = typing.get_origin(tp)
@@ -250,6 +260,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return None
     elif tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    elif tp is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 (PyYAML) reads 1e-4, without a dot, as a string
     elif tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     elif isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
@@ -322,14 +334,79 @@ _CHOICES = {
     ("eval", "tta_fusion"): ("wbf", "nms"),
     ("data", "format"): ("coco", "voc", "yolo", "kitti", "synthetic"),
     ("data", "kitti_difficulty"): ("all", "easy", "moderate", "hard"),
+    ("data", "voc_coordinates"): ("auto", "1-based", "0-based"),
     ("train", "optimizer"): ("sgd", "adamw"),
     ("train", "scheduler"): ("cosine", "step"),
     ("train", "amp"): ("none", "bf16", "fp16"),
 }
 
 
+def _between(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    def check(v: float) -> bool:
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    return check, f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+_UNIT = _between(0.0, 1.0)
+_POSITIVE = (lambda v: v > 0, "positive")
+_NON_NEGATIVE = (lambda v: v >= 0, "at least 0")
+_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+# Range of every numeric config value (each item of a list value); NaN and infinity are refused for all of them.
+_RANGES = {
+    **{key: _UNIT for key in (
+        "model.rpn_nms_thresh", "model.score_thresh", "model.nms_thresh", "eval.score_thresh",
+        "eval.confusion_score_thresh", "eval.confusion_iou", "eval.tta_iou", "augment.hflip", "augment.affine",
+        "augment.translate", "augment.brightness_contrast", "augment.hue_saturation", "augment.blur", "augment.noise",
+        "augment.crop", "augment.min_visibility")},
+    "model.cascade_ious": _between(0.0, 1.0, low_open=True, high_open=True),
+    "train.ema_decay": _between(0.0, 1.0, high_open=True),
+    "train.momentum": _between(0.0, 1.0, high_open=True),
+    "train.warmup_factor": _between(0.0, 1.0, low_open=True),
+    "train.step_gamma": _between(0.0, 1.0, low_open=True),
+    "train.step_milestones": _between(0.0, 1.0, low_open=True, high_open=True),
+    "augment.crop_scale": _between(0.0, 1.0, low_open=True),
+    "augment.rotate": _between(0.0, 180.0),
+    **{key: _POSITIVE for key in ("train.lr", "model.anchor_sizes", "model.anchor_ratios", "augment.scale")},
+    **{key: _NON_NEGATIVE for key in (
+        "train.weight_decay", "train.clip_grad_norm", "train.time_budget_min", "model.box_loss_weight",
+        "model.freeze_stages", "model.roi_sampling_ratio", "train.warmup_iters", "train.eval_every", "train.seed",
+        "train.threads", "data.num_workers")},
+    **{key: _AT_LEAST_1 for key in (
+        "model.fpn_channels", "model.selective_search_max", "model.rpn_pre_nms_top_n_train",
+        "model.rpn_pre_nms_top_n_test", "model.rpn_post_nms_top_n_train", "model.rpn_post_nms_top_n_test",
+        "model.head_dim", "model.detections_per_image", "data.synthetic_train_images", "data.synthetic_val_images",
+        "eval.batch_size")},
+    **{key: (lambda v: v >= 32, "at least 32 pixels") for key in ("data.synthetic_size", "augment.sizes", "eval.tta_sizes")},
+}
+_LENGTHS = {"data.synthetic_size": 2, "augment.scale": 2, "augment.crop_scale": 2}
+
+
+def _check_numbers(config: Config) -> None:
+    """Every numeric value finite and inside its `_RANGES` entry; fixed-length lists of the right length."""
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        for key, value in vars(values).items():
+            name = f"{section.name}.{key}"
+            items = value if isinstance(value, list) else [value]
+            numbers = [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if not numbers:
+                continue
+            if name in _LENGTHS and len(items) != _LENGTHS[name]:
+                raise DetectorError(f"config key '{name}' expects {_LENGTHS[name]} numbers, got {value!r}")
+            check, expected = _RANGES.get(name, (lambda v: True, ""))
+            for v in numbers:
+                if not math.isfinite(v):
+                    raise DetectorError(f"config key '{name}' is {value!r}; expected a finite number")
+                if not check(v):
+                    raise DetectorError(f"config key '{name}' is {value!r}; expected {expected}"
+                                        + (" for every item" if isinstance(value, list) else ""))
+    if config.augment.scale[0] > config.augment.scale[1] or config.augment.crop_scale[0] > config.augment.crop_scale[1]:
+        raise DetectorError("config keys 'augment.scale' and 'augment.crop_scale' expect [low, high] with low <= high")
+
+
 def validate(config: Config) -> None:
     """Value checks that types alone cannot express."""
+    _check_numbers(config)
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(config, section), key)
         if value not in choices:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +17,7 @@ from torch import nn
 from detector.anchors import AnchorGenerator
 from detector.backbone import Backbone, build_backbone
 from detector.cascade import CascadeRoIHeads
-from detector.checkpoint import checkpoint_config, load_checkpoint, load_model_state
-from detector.config import Config, ModelConfig, apply_overrides
+from detector.config import Config, ModelConfig
 from detector.proposals import FileProposals, SelectiveSearchProposals
 from detector.roi_heads import C4Head, ConvHead, FCHead, Predictor, RoIHeads
 from detector.roi_pool import RoIPool
@@ -110,10 +107,16 @@ class FastRCNN(nn.Module):
         original_sizes: list[tuple[int, int]] | None = None,
         proposals: list[torch.Tensor] | None = None,
     ) -> tuple[list[Detections], dict[str, torch.Tensor]]:
-        """`predict` and `forward`'s losses (targets in the input pixels) from one backbone pass, for validation."""
+        """`predict` and `forward`'s losses (targets in the input pixels), for validation: one pass of the backbone
+        and of the proposal stage; the ROI heads give detections and losses from one call (in eval mode)."""
+        if self.training:
+            raise RuntimeError("predict_with_losses is for evaluation: call model.eval() first")
         batch = self.preprocess(images, original_sizes, proposals)
         features = self.backbone(batch.images)
-        return self._detect(batch, features), self._losses(batch, features, targets)
+        targets = [t.to(self.device) for t in targets]
+        proposals_per_image, proposal_losses = self.proposal_source(batch, features, targets)
+        results, roi_losses = self.roi_heads(features, proposals_per_image, batch.image_sizes, targets)
+        return self.postprocess(results, batch), {**proposal_losses, **roi_losses}
 
     def _detect(self, batch: ImageBatch, features: list[torch.Tensor]) -> list[Detections]:
         proposals_per_image, _ = self.proposal_source(batch, features, None)
@@ -236,13 +239,3 @@ def build_detector(config: Config, pretrained: bool = True) -> FastRCNN:
     roi_heads = build_roi_heads(model, backbone, pretrained)
     size_divisible = max(32, max(backbone.strides))
     return FastRCNN(backbone, build_proposal_source(config, backbone), roi_heads, model.class_names, size_divisible)
-
-
-def load_detector(checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple[FastRCNN, Config]:
-    """The trained model of a checkpoint written by `detector train` (weights only: no code in it runs), in eval
-    mode on the CPU, and its config with ``overrides`` (``section.key=value``, e.g. model.score_thresh) applied."""
-    payload = load_checkpoint(checkpoint)
-    config = apply_overrides(checkpoint_config(payload, checkpoint), overrides)
-    model = build_detector(config, pretrained=False)
-    load_model_state(model, payload["model"], checkpoint)
-    return model.eval(), config

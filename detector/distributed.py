@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -55,7 +56,14 @@ def init_from_env() -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-    torch_dist.init_process_group(backend=backend)
+    torch_dist.init_process_group(backend=backend, timeout=timedelta(minutes=collective_timeout_min()))
+
+
+def collective_timeout_min() -> float:
+    """How long a rank waits in a collective (DETECTOR_DDP_TIMEOUT_MIN, default 60 minutes): validation runs on
+    rank 0 while the others wait at a barrier, so it must outlast one validation. Failures do not wait for it:
+    ranks agree on a data error or a non-finite loss at every step (`any_rank`) and stop together."""
+    return float(os.environ.get("DETECTOR_DDP_TIMEOUT_MIN", 60))
 
 
 def barrier() -> None:

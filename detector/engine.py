@@ -28,6 +28,7 @@ from detector.distributed import resolve_device
 from detector.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from detector.config import Config
 from detector.data.build import build_datasets
+from detector.data.stats import report_datasets
 from detector.data.dataset import DetectionDataset, build_loader
 from detector.data.transforms import build_transform
 from detector.detector import FastRCNN, build_detector
@@ -112,10 +113,14 @@ class EvalOutput:
     losses: dict[str, float]
 
     def save(self, out_dir: Path, config: Config) -> dict[str, str]:
-        """Write detections.json, pr_curves.png and confusion_matrix.png; returns their paths."""
+        """Write detections.json and the ground_truth.json it was scored against (the source dataset's image and
+        category ids: pycocotools on the two files reproduces the table), pr_curves.png and confusion_matrix.png;
+        returns their paths."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {name: out_dir / name for name in ("detections.json", "pr_curves.png", "confusion_matrix.png")}
+        paths = {name: out_dir / name for name in ("detections.json", "ground_truth.json", "pr_curves.png",
+                                                   "confusion_matrix.png")}
         self.evaluator.save_results_json(paths["detections.json"])
+        self.evaluator.save_ground_truth_json(paths["ground_truth.json"])
         self.result.plot_pr_curves(paths["pr_curves.png"])
         self.evaluator.plot_confusion_matrix(paths["confusion_matrix.png"], config.eval.confusion_iou,
                                              config.eval.confusion_score_thresh)
@@ -126,7 +131,7 @@ def file_proposals(config: Config) -> dict[str, np.ndarray] | None:
     """Precomputed proposals keyed by image file name when `model.proposals` is 'file', else None."""
     if config.model.proposals != "file":
         return None
-    from detector.proposals import read_proposals_file
+    from detector.data.proposals_file import read_proposals_file
 
     return read_proposals_file(config.model.proposals_file)
 
@@ -134,9 +139,15 @@ def file_proposals(config: Config) -> dict[str, np.ndarray] | None:
 @torch.no_grad()
 def evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.device, with_loss: bool = True,
              progress: bool = True) -> EvalOutput:
-    """COCO metrics (and mean validation losses) of `model` on `dataset`, in original image pixels."""
-    with torch.random.fork_rng(devices=[]):  # validation losses sample proposals: keep the training RNG intact
-        return _evaluate(model, dataset, config, device, with_loss, progress)
+    """COCO metrics (and mean validation losses) of `model` on `dataset`, in original image pixels. Detections are
+    kept down to `eval.score_thresh` (low, for complete PR curves), whatever `model.score_thresh` says."""
+    heads, deploy_thresh = model.roi_heads, model.roi_heads.score_thresh
+    heads.score_thresh = config.eval.score_thresh  # mAP wants the low-score tail that model.score_thresh may cut
+    try:
+        with torch.random.fork_rng(devices=[]):  # validation losses sample proposals: keep the training RNG intact
+            return _evaluate(model, dataset, config, device, with_loss, progress)
+    finally:
+        heads.score_thresh = deploy_thresh
 
 
 def _evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.device, with_loss: bool,
@@ -151,7 +162,7 @@ def _evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.d
                             config.eval.batch_size, False, min(config.data.num_workers, 2), config.train.seed)
                for size in sizes]
     loss_view = sizes.index(config.data.max_size) if with_loss and config.data.max_size in sizes else None
-    evaluator = COCOEvaluator(list(config.model.class_names))
+    evaluator = COCOEvaluator(list(config.model.class_names), dataset.category_ids)
     records = {r.image_id: r for r in dataset.records}
     loss_sums: dict[str, float] = {}
     batches = 0
@@ -225,7 +236,11 @@ class Trainer:
             self.run_dir = dist.broadcast_path(self.run_dir)
             if dist.is_main():
                 config.save(self.run_dir / "config.yaml")
-        self.logger = MetricsLogger(self.run_dir, enabled=dist.is_main())
+        if dist.is_main():
+            report_datasets({"train": self.train_set, "val": self.val_set}, self.run_dir)
+        # a resumed run continues the log after the checkpoint's step: rows of the interrupted tail are dropped
+        self.logger = MetricsLogger(self.run_dir, enabled=dist.is_main(),
+                                    resume_step=self.step if resume is not None else None)
         self.ddp_model = dist.wrap_ddp(self.model, self.device)
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -244,12 +259,18 @@ class Trainer:
         }
 
     def save(self, name: str, model_state: dict | None = None) -> Path:
+        """Write a checkpoint; ``model_state`` (the evaluated weights: EMA's when on) instead of the trained model's
+        marks it as not resumable (``weights: ema``), since its "model" is not the state training continues from."""
         path = self.run_dir / name
         if dist.is_main():
-            save_checkpoint(path, model_state or self.model.state_dict(), self.config, **self._state())
+            weights = "ema" if model_state is not None and self.ema is not None else "model"
+            save_checkpoint(path, model_state or self.model.state_dict(), self.config, weights=weights, **self._state())
         return path
 
     def _restore(self, payload: dict[str, Any], path: Path) -> None:
+        if payload.get("weights") == "ema":
+            raise DetectorError(f"{path} holds the EMA weights used for evaluation, not the training state; resume from "
+                                f"{Path(path).parent / 'last.pt'}")
         load_model_state(self.model, payload["model"], path)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -320,34 +341,67 @@ class Trainer:
         self.model.train()
         self.train_data.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * train.batch_size)
-        bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{train.epochs}", unit="it",
-                   disable=not (self.progress and dist.is_main()), dynamic_ncols=True)
-        for batch in bar:
-            losses = self._forward_losses(batch)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                values = {k: round(float(v.detach()), 4) for k, v in losses.items()}
-                raise DetectorError(
-                    f"non-finite loss at epoch {self.epoch + 1}, iteration {self.step} ({values}); training stopped, "
-                    f"the last good checkpoint is kept in {self.run_dir}"
-                )
-            self.scaler.scale(loss / train.accumulate).backward()
-            self.batch_in_epoch += 1
-            if self.batch_in_epoch % train.accumulate == 0 or self.batch_in_epoch == self.batches_per_epoch:
-                self._optimizer_step()
-                self._maybe_snapshot()
-                if self.step % train.log_every == 0:
-                    row = {k: float(v.detach()) for k, v in losses.items()}
-                    self.logger.log(self.step, epoch=self.epoch, loss=float(loss.detach()), lr=self.optimizer.param_groups[0]["lr"], **row)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-            if self.batch_in_epoch % train.accumulate and self.batch_in_epoch != self.batches_per_epoch:
-                continue  # stop only at optimizer-step boundaries: accumulated gradients are not saved
-            if dist.any_rank(self.stop_signal is not None):  # every rank stops at the same step
-                checkpoint = self.save("last.pt")
-                raise StopRequested(self.stop_signal or signal.SIGTERM, checkpoint)
-            if self.budget_fraction() >= 1.0:
+        bar = tqdm(total=self.batches_per_epoch, initial=self.batch_in_epoch, unit="it", dynamic_ncols=True,
+                   desc=f"epoch {self.epoch + 1}/{train.epochs}", disable=not (self.progress and dist.is_main()))
+        for batch in self._batches():
+            loss, stepped = self.train_step(batch)
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if stepped and self._should_stop():
+                bar.close()
                 return False
+        bar.close()
         return True
+
+    def _batches(self) -> Iterator[Any]:
+        """The loader's batches; a data error on any rank stops every rank at the same batch (no rank is left
+        waiting in a collective), with the error of the rank that had it."""
+        batches = iter(self.loader)
+        while True:
+            error: BaseException | None = None
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as caught:  # a corrupt image, a label error in a worker, ...
+                error = caught
+            if dist.any_rank(error is not None):
+                raise error if error is not None else DetectorError("another rank hit a data error; see its output")
+            yield batch
+
+    def train_step(self, batch: Any) -> tuple[float, bool]:
+        """One batch: forward, the non-finite check (agreed across ranks), backward; at an accumulation boundary
+        the optimizer step, the snapshot and the log row. Returns (the batch's loss, whether the optimizer stepped)."""
+        train = self.config.train
+        losses = self._forward_losses(batch)
+        loss = sum(losses.values())
+        finite = bool(torch.isfinite(loss))
+        if dist.any_rank(not finite):
+            values = {k: round(float(v.detach()), 4) for k, v in losses.items()}
+            raise DetectorError(
+                f"non-finite loss{'' if not finite else ' on another rank'} at epoch {self.epoch + 1}, iteration "
+                f"{self.step} ({values}); training stopped, the last good checkpoint is kept in {self.run_dir}"
+            )
+        self.scaler.scale(loss / train.accumulate).backward()
+        self.batch_in_epoch += 1
+        # accumulated gradients are not saved, so the run only stops (and checkpoints) at these boundaries
+        if self.batch_in_epoch % train.accumulate and self.batch_in_epoch != self.batches_per_epoch:
+            return float(loss.detach()), False
+        self._optimizer_step()
+        self._maybe_snapshot()
+        if self.step % train.log_every == 0:
+            row = {k: float(v.detach()) for k, v in losses.items()}
+            self.logger.log(self.step, epoch=self.epoch, loss=float(loss.detach()),
+                            lr=self.optimizer.param_groups[0]["lr"], **row)
+        return float(loss.detach()), True
+
+    def _should_stop(self) -> bool:
+        """At an optimizer-step boundary: a signal on any rank saves last.pt and raises StopRequested on every rank;
+        True when the time budget is spent."""
+        if dist.any_rank(self.stop_signal is not None):  # every rank stops at the same step
+            checkpoint = self.save("last.pt")
+            raise StopRequested(self.stop_signal or signal.SIGTERM, checkpoint)
+        return self.budget_fraction() >= 1.0
 
     def _maybe_snapshot(self) -> None:
         """At every multiple of `train.snapshot_every_min` minutes of training, the weights evaluation would use (EMA's

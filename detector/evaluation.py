@@ -66,17 +66,20 @@ def _annotation(ann_id: int, image_id: int, category_id: int, box_xywh: list[flo
     }
 
 
-def coco_ground_truth(image_ids: list[int], targets: list[Targets], class_names: list[str]) -> dict:
+def coco_ground_truth(image_ids: list[int], targets: list[Targets], class_names: list[str],
+                      category_ids: list[int] | None = None) -> dict:
     """A COCO ground-truth dataset dict (images, categories, annotations) built from ``Targets``.
 
     Target boxes and ignore regions are (M, 4) / (G, 4) pixel xyxy; they are written as COCO xywh.
     ``image_size`` (height, width) gives each image's size. Each ignore region is written once per
-    category as ``iscrowd=1`` so that it absorbs detections of every class.
+    category as ``iscrowd=1`` so that it absorbs detections of every class. ``category_ids[k]`` is the id written
+    for label k + 1 (the source dataset's ids; default 1..K).
     """
     _check_lengths(image_ids, targets=targets)
     if len(set(image_ids)) != len(image_ids):
         raise DetectorError("COCO evaluation: image ids must be unique, got a repeated id")
-    categories = [{"id": k + 1, "name": name} for k, name in enumerate(class_names)]
+    ids = _category_ids(class_names, category_ids)
+    categories = [{"id": ids[k], "name": name} for k, name in enumerate(class_names)]
     images, annotations = [], []
     for image_id, target in zip(image_ids, targets):
         height, width = target.image_size
@@ -84,7 +87,7 @@ def coco_ground_truth(image_ids: list[int], targets: list[Targets], class_names:
         labels = _numpy(target.labels, np.int64)
         _check_labels(labels, len(class_names), f"Targets of image {image_id}")
         for box, label in zip(xyxy_to_xywh(_numpy(target.boxes, np.float32)).tolist(), labels.tolist()):
-            annotations.append(_annotation(len(annotations) + 1, int(image_id), label, box, iscrowd=0))
+            annotations.append(_annotation(len(annotations) + 1, int(image_id), ids[label - 1], box, iscrowd=0))
         for region in xyxy_to_xywh(_numpy(target.ignore, np.float32)).tolist():
             for category in categories:
                 annotations.append(_annotation(len(annotations) + 1, int(image_id), category["id"], region, iscrowd=1))
@@ -92,19 +95,31 @@ def coco_ground_truth(image_ids: list[int], targets: list[Targets], class_names:
     return {"info": info, "images": images, "categories": categories, "annotations": annotations}
 
 
-def detections_to_coco(image_ids: list[int], detections: list[Detections]) -> list[dict]:
-    """COCO results: per detection image_id, category_id (= label), bbox xywh rounded to 2 decimals, score.
+def _category_ids(class_names: list[str], category_ids: list[int] | None) -> list[int]:
+    ids = list(range(1, len(class_names) + 1)) if category_ids is None else [int(i) for i in category_ids]
+    if len(ids) != len(class_names) or len(set(ids)) != len(ids):
+        raise DetectorError(f"COCO evaluation: category_ids {category_ids} must give each of {len(class_names)} "
+                            "classes its own id")
+    return ids
+
+
+def detections_to_coco(image_ids: list[int], detections: list[Detections],
+                       category_ids: list[int] | None = None) -> list[dict]:
+    """COCO results: per detection image_id, category_id (``category_ids[label - 1]``, default the label), bbox xywh
+    rounded to 2 decimals, score.
 
     Detection boxes are (D, 4) pixel xyxy in original image coordinates.
     """
     _check_lengths(image_ids, detections=detections)
+    ids = None if category_ids is None else [int(i) for i in category_ids]
     results = []
     for image_id, dets in zip(image_ids, detections):
         boxes = np.round(xyxy_to_xywh(_numpy(dets.boxes, np.float32)).astype(np.float64), 2)
         scores = _numpy(dets.scores, np.float64).tolist()
         labels = _numpy(dets.labels, np.int64).tolist()
         for box, score, label in zip(boxes.tolist(), scores, labels):
-            results.append({"image_id": int(image_id), "category_id": label, "bbox": box, "score": score})
+            category = label if ids is None else ids[label - 1]
+            results.append({"image_id": int(image_id), "category_id": category, "bbox": box, "score": score})
     return results
 
 
@@ -287,10 +302,12 @@ class COCOEvaluator:
     names foreground label k (K = len(class_names) classes, background excluded).
     """
 
-    def __init__(self, class_names: list[str]) -> None:
+    def __init__(self, class_names: list[str], category_ids: list[int] | None = None) -> None:
         if not class_names:
             raise DetectorError("COCOEvaluator: class_names must name at least one foreground class")
         self.class_names = list(class_names)
+        # the source dataset's category ids (COCO's own), written to detections.json and ground_truth.json
+        self.category_ids = _category_ids(self.class_names, category_ids)
         self.reset()
 
     @property
@@ -325,12 +342,12 @@ class COCOEvaluator:
     def results(self) -> list[dict]:
         """All processed detections as COCO results (see ``detections_to_coco``)."""
         image_ids = self._require_images("results")
-        return detections_to_coco(image_ids, [image.detections() for image in self._images])
+        return detections_to_coco(image_ids, [image.detections() for image in self._images], self.category_ids)
 
     def evaluate(self) -> EvalResult:
         """Runs pycocotools bbox evaluation over every processed image (zero detections give AP 0)."""
-        image_ids = self._require_images("evaluate")
-        ground_truth = coco_ground_truth(image_ids, [image.targets() for image in self._images], self.class_names)
+        self._require_images("evaluate")
+        ground_truth = self.ground_truth()
         # Evaluate exactly what save_results_json writes, so pycocotools on that file reproduces these numbers.
         coco_eval, summary = _run_coco_eval(ground_truth, self.results())
         metrics = {name: _undefined_to_nan(value) for name, value in zip(METRIC_NAMES, coco_eval.stats)}
@@ -347,6 +364,18 @@ class COCOEvaluator:
             for k, name in enumerate(self.class_names)
         }
         return EvalResult(metrics, per_class, coco_eval, self.class_names, summary)
+
+    def ground_truth(self) -> dict:
+        """The COCO ground truth evaluated (images, categories with the source ids, boxes and crowd regions)."""
+        image_ids = self._require_images("ground_truth")
+        return coco_ground_truth(image_ids, [image.targets() for image in self._images], self.class_names,
+                                 self.category_ids)
+
+    def save_ground_truth_json(self, path: str | Path) -> None:
+        """Writes `ground_truth`: with detections.json, pycocotools reproduces `evaluate`'s table from the files."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.ground_truth()))
 
     def save_results_json(self, path: str | Path) -> None:
         """Writes all detections as a COCO results JSON (loadable with ``COCO.loadRes``)."""

@@ -17,8 +17,9 @@ class Matcher:
     """Assigns every prediction the index of its best ground-truth box, or a negative code.
 
     A prediction whose best IoU is ``>= high_threshold`` is matched to that gt; one whose best IoU
-    is ``< low_threshold`` is ``BACKGROUND``; one in between is ``IGNORE`` (too ambiguous to train
-    on either way). With ``low_threshold == high_threshold`` nothing is ignored.
+    is ``< low_threshold`` gets ``BELOW_LOW_THRESHOLD``; one in between ``BETWEEN_THRESHOLDS`` (too ambiguous to
+    train on either way); torchvision's Matcher names its codes the same way. These are match codes, not labels:
+    what becomes background, ignored or sampled is the caller's decision (`structures.BACKGROUND` is label 0). With ``low_threshold == high_threshold`` nothing is ignored.
 
     ``allow_low_quality_matches`` (Faster R-CNN) additionally makes positive, for each gt, the
     predictions with that gt's highest IoU (all of them on ties), so that a box no anchor overlaps
@@ -27,8 +28,8 @@ class Matcher:
     overlaps no prediction at all (highest IoU 0) promotes nothing: every prediction would tie.
     """
 
-    BACKGROUND = -1
-    IGNORE = -2
+    BELOW_LOW_THRESHOLD = -1
+    BETWEEN_THRESHOLDS = -2
 
     def __init__(self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = False) -> None:
         if not 0.0 <= low_threshold <= high_threshold <= 1.0:
@@ -41,19 +42,20 @@ class Matcher:
         self.allow_low_quality_matches = allow_low_quality_matches
 
     def __call__(self, iou: torch.Tensor) -> torch.Tensor:
-        """iou: (M gt, N preds) -> (N,) int64: gt index in 0..M-1, ``BACKGROUND`` or ``IGNORE``.
+        """iou: (M gt, N preds) -> (N,) int64: gt index in 0..M-1, ``BELOW_LOW_THRESHOLD`` or
+        ``BETWEEN_THRESHOLDS``.
 
-        With M == 0 (an image without boxes) every prediction is ``BACKGROUND``.
+        With M == 0 (an image without boxes) every prediction is ``BELOW_LOW_THRESHOLD``.
         """
         if iou.dim() != 2:
             raise ValueError(f"Matcher: expected an (M, N) IoU matrix, got shape {tuple(iou.shape)}")
         num_gt, num_preds = iou.shape
         if num_gt == 0 or num_preds == 0:
-            return torch.full((num_preds,), self.BACKGROUND, dtype=torch.int64, device=iou.device)
+            return torch.full((num_preds,), self.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=iou.device)
         best_iou, best_gt = iou.max(dim=0)  # (N,) each
         matches = best_gt.clone()
-        matches[best_iou < self.low_threshold] = self.BACKGROUND
-        matches[(best_iou >= self.low_threshold) & (best_iou < self.high_threshold)] = self.IGNORE
+        matches[best_iou < self.low_threshold] = self.BELOW_LOW_THRESHOLD
+        matches[(best_iou >= self.low_threshold) & (best_iou < self.high_threshold)] = self.BETWEEN_THRESHOLDS
         if self.allow_low_quality_matches:
             promoted = self.low_quality_predictions(iou)
             matches[promoted] = best_gt[promoted]

@@ -5,17 +5,13 @@ Both are drop-in replacements for the RPN (``detector/rpn.py``): an ``nn.Module`
 input pixels (the coordinates of ``batch.images``) and an empty loss dict, since nothing here is learned.
 Ground-truth boxes are added to the proposals during training by the ROI heads, not here.
 
-The proposals file is the classic Fast R-CNN input: a JSON object keyed by image file name
-(``"000012.jpeg"``) or image id (``"12"``), each value either ``[[x1, y1, x2, y2], ...]`` or
-``{"boxes": [[...], ...], "scores": [...]}``, boxes in ORIGINAL image pixels.
+The proposals file (the classic Fast R-CNN input) is read and written by `detector.data.proposals_file`: the data
+pipeline transforms each image's proposals with the image, and `FileProposals` takes them from the batch.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -28,18 +24,9 @@ from tqdm import tqdm
 
 from detector.backbone import IMAGENET_MEAN, IMAGENET_STD
 from detector.boxes import clip_boxes, nondegenerate, xywh_to_xyxy
-from detector.data.images import load_image
-from detector.structures import Dataset, DetectorError, ImageBatch, ImageRecord, Targets
+from detector.structures import Dataset, DetectorError, ImageBatch, Targets
 
-__all__ = [
-    "FileProposals",
-    "SelectiveSearchProposals",
-    "compute_proposals",
-    "proposals_for_record",
-    "read_proposals_file",
-    "selective_search",
-    "write_proposals_file",
-]
+__all__ = ["FileProposals", "SelectiveSearchProposals", "compute_proposals", "selective_search"]
 
 SELECTIVE_SEARCH_MODES = ("fast", "quality")
 
@@ -196,9 +183,11 @@ class SelectiveSearchProposals(nn.Module):
 
 
 def compute_proposals(
-    dataset: Dataset, mode: str = "fast", max_proposals: int = 2000, max_side: int = 500, progress: bool = True
+    dataset: Dataset, load: Callable[[Path], np.ndarray], mode: str = "fast", max_proposals: int = 2000,
+    max_side: int = 500, progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Selective search over every image of ``dataset``, for writing a proposals file.
+    """Selective search over every image of ``dataset`` (``load``: image file -> (H, W, 3) uint8 RGB, as
+    `detector.data.images.load_image`), for writing a proposals file.
 
     Returns ``{key: (P, 4) float32 xyxy}`` in original image pixels, keyed by image file name, or by
     image id (as a string) when two images share a file name, so every key names one image.
@@ -209,113 +198,14 @@ def compute_proposals(
     proposals = {}
     with _opencv_threads(torch.get_num_threads()):
         for record in tqdm(dataset.records, desc=f"selective search ({mode})", disable=not progress):
-            image_bgr = cv2.cvtColor(load_image(record.image_path), cv2.COLOR_RGB2BGR)
+            image_bgr = cv2.cvtColor(load(record.image_path), cv2.COLOR_RGB2BGR)
             key = record.image_path.name if by_name else str(record.image_id)
             proposals[key] = selective_search(image_bgr, mode, max_proposals, max_side=max_side)
     return proposals
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Proposals from a file
-
-
-def _as_box_array(value, path: Path, key: str) -> np.ndarray:
-    """A JSON list of [x1, y1, x2, y2] -> validated (N, 4) float32 array; every failure names file and key."""
-    expected = 'a list of [x1, y1, x2, y2] boxes or {"boxes": [...], "scores": [...]}'
-    try:
-        array = np.asarray(value)
-    except ValueError:  # ragged nested lists
-        raise DetectorError(f"{path}: key '{key}' must be {expected}, got rows of different lengths") from None
-    if array.shape == (0,):  # an image with no proposals
-        return np.zeros((0, 4), dtype=np.float32)
-    if array.dtype.kind not in "iuf" or array.ndim != 2 or array.shape[1] != 4:
-        raise DetectorError(f"{path}: key '{key}' must be {expected}, got {json.dumps(value)[:60]}")
-    if not np.isfinite(array).all():
-        raise DetectorError(f"{path}: key '{key}' has non-finite box coordinates (NaN or Infinity)")
-    inverted = np.flatnonzero((array[:, 2] < array[:, 0]) | (array[:, 3] < array[:, 1]))
-    if len(inverted):
-        first = inverted[0]
-        raise DetectorError(
-            f"{path}: key '{key}' box {first} {array[first].tolist()} has x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)"
-        )
-    return array.astype(np.float32)
-
-
-def _scores_order(scores, num_boxes: int, path: Path, key: str) -> np.ndarray:
-    """Validate a JSON list of scores and return the indices that sort the boxes by descending score."""
-    array = np.asarray(scores) if isinstance(scores, list) else np.asarray([])
-    if not isinstance(scores, list) or array.dtype.kind not in "iuf" or array.shape != (num_boxes,):
-        raise DetectorError(f"{path}: key '{key}' must have one number in \"scores\" per box ({num_boxes} boxes)")
-    if not np.isfinite(array).all():
-        raise DetectorError(f"{path}: key '{key}' has non-finite scores (NaN or Infinity)")
-    return np.argsort(-array, kind="stable")
-
-
-def _parse_value(value, path: Path, key: str) -> np.ndarray:
-    """One JSON value (list of boxes, or an object with boxes and optional scores) -> (N, 4) float32."""
-    if not isinstance(value, dict):
-        return _as_box_array(value, path, key)
-    if "boxes" not in value:
-        raise DetectorError(f"{path}: key '{key}' is an object without a \"boxes\" list")
-    boxes = _as_box_array(value["boxes"], path, key)
-    if "scores" not in value:
-        return boxes
-    return boxes[_scores_order(value["scores"], len(boxes), path, key)]
-
-
-def read_proposals_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a proposals JSON file -> ``{image file name or id: (N, 4) float32 xyxy}`` in original image pixels.
-
-    Boxes given with ``"scores"`` come back sorted by descending score.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DetectorError(f"{path}: proposals file not found (model.proposals_file)")
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DetectorError(f"{path}: the proposals file is not valid JSON ({error})") from None
-    if not isinstance(content, dict):
-        raise DetectorError(
-            f"{path}: the proposals file must be a JSON object keyed by image file name or id, "
-            f"got a {type(content).__name__}"
-        )
-    return {str(key): _parse_value(value, path, str(key)) for key, value in content.items()}
-
-
-def write_proposals_file(path: str | Path, proposals: dict[str, np.ndarray]) -> None:
-    """Write ``{image file name or id: (N, 4) xyxy}`` as a proposals JSON file, one image per line.
-
-    Atomic (a temporary file renamed into place), and refuses to overwrite an existing file.
-    Coordinates are rounded to 0.01 pixel.
-    """
-    path = Path(path)
-    if path.exists():
-        raise DetectorError(f"{path}: the proposals file already exists; remove it or choose another path")
-    lines = []
-    for key, boxes in proposals.items():
-        array = _as_box_array(np.asarray(boxes, dtype=np.float64).tolist(), path, str(key))
-        lines.append(f"{json.dumps(str(key))}: {json.dumps(np.round(array.astype(np.float64), 2).tolist())}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write("{\n" + ",\n".join(lines) + "\n}\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def proposals_for_record(proposals: dict[str, np.ndarray], record: ImageRecord, path: str | Path) -> np.ndarray:
-    """The (N, 4) xyxy proposals of one image, looked up by file name, then by image id (``path`` names the file)."""
-    for key in (record.image_path.name, str(record.image_id)):
-        if key in proposals:
-            return proposals[key]
-    raise DetectorError(
-        f"{path}: no proposals for image {record.image_path} (looked for keys '{record.image_path.name}' "
-        f"and '{record.image_id}')"
-    )
+# Proposals from a file (read by detector.data.proposals_file, carried in the batch)
 
 
 class FileProposals(nn.Module):

@@ -8,6 +8,12 @@ Inference: decode, clip, score threshold, per-class NMS and a per-image cap.
 Box heads: `FCHead` (Fast R-CNN's two fc layers), `ConvHead`, and `C4Head` (the backbone's own last stage).
 The small functions below (`label_and_sample`, `fast_rcnn_losses`, `select_detections`) are shared with
 `detector.cascade`.
+
+Shapes:
+    N: images in the batch            K: foreground classes (labels 1..K; 0 is background, `BACKGROUND`)
+    P_i: proposals of image i          S_i: ROIs sampled from image i for the losses (gt boxes included)
+    R: ROIs of the batch (sum P_i at inference, sum S_i in training)
+    C, h, w: channels and the pooled grid (rows x cols) of each ROI's features; D: the box head's output width
 """
 
 from __future__ import annotations
@@ -129,13 +135,14 @@ def label_and_sample(
     if len(gt_boxes):
         matched = matcher(box_iou(gt_boxes, proposals))
     else:
-        matched = torch.full((len(proposals),), Matcher.BACKGROUND, dtype=torch.int64, device=proposals.device)
-    # 1 foreground, 0 background, -1 neither (between thresholds, or background inside an ignore region)
+        matched = torch.full((len(proposals),), Matcher.BELOW_LOW_THRESHOLD, dtype=torch.int64, device=proposals.device)
+    # sampler labels: 1 foreground, 0 background, -1 not sampled (between thresholds, or background inside an
+    # ignore region)
     sample_labels = (matched >= 0).long()
     if len(target.ignore):
         inside = ignored_by_regions(proposals, target.ignore.to(proposals))
         sample_labels[(matched < 0) & inside] = -1
-    sample_labels[matched == Matcher.IGNORE] = -1
+    sample_labels[matched == Matcher.BETWEEN_THRESHOLDS] = -1
     positive, negative = sampler(sample_labels)
     keep = positive | negative
     fg = positive[keep]
@@ -271,15 +278,24 @@ class RoIHeads(nn.Module):
         targets: list[Targets] | None = None,
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         """Returns (per-image {boxes, scores, labels} in input pixels, or [] when training; loss dict)."""
-        losses: dict[str, torch.Tensor] = {}
-        if targets is not None:
-            sampled, gt_labels, gt_deltas = self.sample_proposals(proposals_per_image, targets)
+        if targets is None:
+            cls_logits, pred_deltas = self.predictor(self.box_head(self.pooler(features, proposals_per_image)))
+            return self.postprocess(cls_logits, pred_deltas, proposals_per_image, image_sizes), {}
+        sampled, gt_labels, gt_deltas = self.sample_proposals(proposals_per_image, targets)
+        if self.training:
             cls_logits, pred_deltas = self.predictor(self.box_head(self.pooler(features, sampled)))
-            losses = self.compute_loss(cls_logits, pred_deltas, gt_labels, gt_deltas, torch.cat(sampled))
-            if self.training:
-                return [], losses
-        cls_logits, pred_deltas = self.predictor(self.box_head(self.pooler(features, proposals_per_image)))
-        return self.postprocess(cls_logits, pred_deltas, proposals_per_image, image_sizes), losses
+            return [], self.compute_loss(cls_logits, pred_deltas, gt_labels, gt_deltas, torch.cat(sampled))
+        # validation: the sampled ROIs (losses) and all proposals (detections) pooled and run through the head at once
+        both = [torch.cat([s, p]) for s, p in zip(sampled, proposals_per_image)]
+        cls_logits, pred_deltas = self.predictor(self.box_head(self.pooler(features, both)))
+        first = torch.cat([torch.arange(len(s)) + offset for s, offset in
+                           zip(sampled, [0, *torch.tensor([len(b) for b in both]).cumsum(0)[:-1].tolist()])])
+        is_sampled = torch.zeros(len(cls_logits), dtype=torch.bool, device=cls_logits.device)
+        is_sampled[first.to(cls_logits.device)] = True
+        losses = self.compute_loss(cls_logits[is_sampled], pred_deltas[is_sampled], gt_labels, gt_deltas,
+                                   torch.cat(sampled))
+        results = self.postprocess(cls_logits[~is_sampled], pred_deltas[~is_sampled], proposals_per_image, image_sizes)
+        return results, losses
 
     @torch.no_grad()
     def sample_proposals(

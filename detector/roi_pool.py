@@ -3,10 +3,18 @@
 Three modes behind one function, `roi_pool`:
 
 - ``"partition"``: the lecture's ROI max pooling. The ROI's feature cells are split into
-  non-overlapping bins and each bin outputs its maximum (see `roi_pool` for the exact rule).
+  non-overlapping bins and each bin outputs its maximum (see `roi_pool` for the exact rule, and
+  `roi_pool_reference` for the same definition as a plain loop).
 - ``"torchvision"``: `torchvision.ops.roi_pool`, whose bins overlap by one cell when the ROI size is
   not a multiple of the grid (it pools the lecture's 4x7 example to [[7, 8, 8], [9, 7, 9]]).
 - ``"align"``: `torchvision.ops.roi_align` with ``aligned=True`` (bilinear sampling, no rounding).
+
+Grids are named rows x cols everywhere: the lecture's "3x2" grid (3 columns, 2 rows) is ``output_size=(2, 3)``,
+its 4x7 and 5x9 feature maps have 4 and 5 rows. An ROI is continuous ``x1, y1, x2, y2`` like every box in the
+package; the two cell-snapping modes pool the cells it overlaps: columns ``floor(x1 * s) .. ceil(x2 * s) - 1``
+(a box [8, 24) at stride 16 pools cells 0 and 1), rows likewise. torchvision's own roi_pool rounds both corners
+and takes the end cell inclusively (cells 1 and 2 for that box); the ``"torchvision"`` mode hands it corners that
+select the same cells as ``"partition"``, so the two modes differ only in their bins.
 
 How ``"partition"`` is computed. The textbook way (gather each bin's cells, padded to the largest bin,
 and take a max with indices) is memory bound on CPU: measured at 4-6x torchvision's C++ kernel.
@@ -33,7 +41,7 @@ from torchvision.ops import roi_pool as tv_roi_pool
 
 from detector.structures import DetectorError
 
-__all__ = ["MODES", "RoIPool", "assign_fpn_levels", "roi_pool"]
+__all__ = ["MODES", "RoIPool", "assign_fpn_levels", "roi_pool", "roi_pool_reference"]
 
 MODES = ("partition", "torchvision", "align")
 
@@ -69,9 +77,13 @@ def _check_inputs(features: torch.Tensor, rois: torch.Tensor, spatial_scale: flo
         )
     if not spatial_scale > 0:
         raise DetectorError(f"roi_pool: spatial_scale must be positive (1 / stride), got {spatial_scale}")
-    if len(rois) and not bool(torch.isfinite(rois).all()):
+    # Value checks read the tensor on the host: free on the CPU, a device synchronization per call on an accelerator,
+    # where the hot path skips them (the boxes come from the model's own proposal stage there).
+    if rois.device.type != "cpu" or not len(rois):
+        return
+    if not bool(torch.isfinite(rois).all()):
         raise DetectorError("roi_pool: rois must be finite")
-    if len(rois) and not (0 <= float(rois[:, 0].min()) and float(rois[:, 0].max()) < features.shape[0]):
+    if not (0 <= float(rois[:, 0].min()) and float(rois[:, 0].max()) < features.shape[0]):
         raise DetectorError(f"roi_pool: rois[:, 0] must be batch indices in [0, {features.shape[0]})")
 
 
@@ -92,8 +104,8 @@ def roi_pool(
     Returns (R, C, out_h, out_w) in the dtype of ``features``.
 
     ``mode="partition"`` rules:
-    - ROI cells: ``start = round(x1 * s)``, ``end = round(x2 * s)``, end inclusive, ``n = end - start + 1``
-      (round half away from zero, computed in float32 like `torchvision.ops.roi_pool`).
+    - ROI cells: ``start = floor(x1 * s)``, ``end = ceil(x2 * s) - 1``, end inclusive, ``n = end - start + 1``:
+      the cells the continuous box overlaps (computed in float32).
     - An ROI partly or wholly outside the map is clamped to it: ``start`` and ``end`` are clipped to
       ``[0, W - 1]`` and ``end >= start``, so it always covers at least one cell (likewise for rows).
     - Bin i of k spans cells ``[floor(i*n/k), max(floor((i+1)*n/k), floor(i*n/k) + 1))``: bins tile the
@@ -104,10 +116,36 @@ def roi_pool(
     out_h, out_w = _pair(output_size)
     _check_inputs(features, rois, spatial_scale, mode)
     if mode == "torchvision":
-        return tv_roi_pool(features, rois.to(features.dtype), (out_h, out_w), spatial_scale)
+        return tv_roi_pool(features, _torchvision_corners(rois, spatial_scale).to(features.dtype), (out_h, out_w),
+                           spatial_scale)
     if mode == "align":
         return roi_align(features, rois.to(features.dtype), (out_h, out_w), spatial_scale, sampling_ratio, aligned=True)
     return _PartitionMaxPool.apply(features, rois, (out_h, out_w), float(spatial_scale))
+
+
+def roi_pool_reference(features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int],
+                       spatial_scale: float = 1.0) -> torch.Tensor:
+    """``mode="partition"``, defined as a plain loop (slow; the tests' oracle for the sparse-table version)."""
+    out_h, out_w = output_size
+    pooled = []
+    for batch_index, x1, y1, x2, y2 in rois.tolist():
+        feature_map = features[int(batch_index)]  # (C, H, W)
+        height, width = feature_map.shape[1:]
+        # the cells the box overlaps, clamped to the map; at least one cell
+        col0 = min(max(math.floor(x1 * spatial_scale), 0), width - 1)
+        col1 = max(min(math.ceil(x2 * spatial_scale) - 1, width - 1), col0)
+        row0 = min(max(math.floor(y1 * spatial_scale), 0), height - 1)
+        row1 = max(min(math.ceil(y2 * spatial_scale) - 1, height - 1), row0)
+        rows, cols = row1 - row0 + 1, col1 - col0 + 1
+        grid = feature_map.new_empty(feature_map.shape[0], out_h, out_w)
+        for i in range(out_h):  # bin i spans [floor(i*n/k), max(floor((i+1)*n/k), floor(i*n/k) + 1))
+            top, bottom = i * rows // out_h, max((i + 1) * rows // out_h, i * rows // out_h + 1)
+            for j in range(out_w):
+                left, right = j * cols // out_w, max((j + 1) * cols // out_w, j * cols // out_w + 1)
+                cells = feature_map[:, row0 + top:row0 + bottom, col0 + left:col0 + right]
+                grid[:, i, j] = cells.amax(dim=(1, 2))
+        pooled.append(grid)
+    return torch.stack(pooled) if pooled else features.new_zeros(0, features.shape[1], out_h, out_w)
 
 
 class _PartitionMaxPool(torch.autograd.Function):
@@ -132,16 +170,22 @@ class _PartitionMaxPool(torch.autograd.Function):
         return grad.view(ctx.features_shape), None, None, None
 
 
-def _round_half_away(x: torch.Tensor) -> torch.Tensor:
-    """C's round(): halves go away from zero (torch.round goes to even), exact for every float."""
-    whole = torch.trunc(x)
-    return whole + torch.sign(x) * ((x - whole).abs() >= 0.5)
+def _cell_corners(rois: torch.Tensor, spatial_scale: float) -> torch.Tensor:
+    """(R, 5) rois -> (R, 4) int64 first and last (inclusive) column and row the continuous boxes overlap."""
+    coords = rois[:, 1:].to(torch.promote_types(rois.dtype, torch.float32)) * spatial_scale
+    return torch.cat([torch.floor(coords[:, :2]), torch.ceil(coords[:, 2:]) - 1], 1).long()
+
+
+def _torchvision_corners(rois: torch.Tensor, spatial_scale: float) -> torch.Tensor:
+    """(R, 5) rois -> the (R, 5) rois whose rounded, end-inclusive corners (torchvision's rule) are our cells."""
+    cells = _cell_corners(rois, spatial_scale)
+    cells[:, 2:] = torch.maximum(cells[:, 2:], cells[:, :2])  # a box inside one cell still pools that cell
+    return torch.cat([rois[:, :1], cells.to(rois.dtype) / spatial_scale], 1)
 
 
 def _roi_cells(rois: torch.Tensor, spatial_scale: float, height: int, width: int) -> tuple[torch.Tensor, ...]:
     """(R, 5) rois -> first row y0, row count ny, first column x0, column count nx: (R,) int64 each."""
-    coords = rois[:, 1:].to(torch.promote_types(rois.dtype, torch.float32)) * spatial_scale
-    cells = _round_half_away(coords).long()  # (R, 4) x1, y1, x2, y2 in cells, end inclusive
+    cells = _cell_corners(rois, spatial_scale)  # (R, 4) x1, y1, x2, y2 in cells, end inclusive
     x0 = cells[:, 0].clamp(0, width - 1)
     y0 = cells[:, 1].clamp(0, height - 1)
     x1 = torch.maximum(cells[:, 2].clamp(0, width - 1), x0)

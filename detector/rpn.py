@@ -5,6 +5,12 @@ an objectness logit and box deltas. Training assigns anchors to gt boxes (``assi
 samples a balanced set and scores it (``compute_loss``); every forward also turns the predictions into
 proposals (``filter_proposals``). Boxes are (P, 4) float32 xyxy in input pixels (the coordinates of
 ``ImageBatch.images``).
+
+Shapes:
+    N: images in the batch            A: anchors per feature-map cell (sizes x ratios per level)
+    T: anchors of an image, over all levels (sum of H_l * W_l * A)
+    M: ground-truth boxes of an image  P: proposals of an image (after NMS, <= post_nms_top_n)
+    H_l, W_l: height and width of feature level l
 """
 
 from __future__ import annotations
@@ -127,9 +133,9 @@ class RPN(nn.Module):
         if targets is None:
             return proposals, {}
         assigned = [self.assign_targets_per_image(anchors, target) for target in targets]
-        labels = torch.stack([image_labels for image_labels, _ in assigned])  # (N, T)
+        gt_labels = torch.stack([image_labels for image_labels, _ in assigned])  # (N, T)
         matched_gt_boxes = torch.stack([boxes for _, boxes in assigned])  # (N, T, 4)
-        return proposals, self.compute_loss(objectness_logits, pred_deltas, anchors, labels, matched_gt_boxes)
+        return proposals, self.compute_loss(objectness_logits, pred_deltas, anchors, gt_labels, matched_gt_boxes)
 
     @torch.no_grad()
     def assign_targets_per_image(self, anchors: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +148,7 @@ class RPN(nn.Module):
         gt_boxes = targets.boxes.to(anchors)
         matches = self.matcher(box_iou(gt_boxes, anchors))  # (T,)
         labels = (matches >= 0).to(torch.int64)
-        labels[matches == Matcher.IGNORE] = -1
+        labels[matches == Matcher.BETWEEN_THRESHOLDS] = -1
         labels[(labels != 1) & ignored_by_regions(anchors, targets.ignore.to(anchors), IGNORE_IOA_THRESHOLD)] = -1
         matched_gt_boxes = torch.zeros_like(anchors)
         positive = matches >= 0
@@ -154,17 +160,17 @@ class RPN(nn.Module):
         objectness_logits: torch.Tensor,
         pred_deltas: torch.Tensor,
         anchors: torch.Tensor,
-        labels: torch.Tensor,
+        gt_labels: torch.Tensor,
         matched_gt_boxes: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """Losses over a balanced sample of anchors from every image.
 
-        objectness_logits: (N, T); pred_deltas: (N, T, 4); anchors: (T, 4) xyxy; labels: (N, T) in {1, 0, -1};
+        objectness_logits: (N, T); pred_deltas: (N, T, 4); anchors: (T, 4) xyxy; gt_labels: (N, T) in {1, 0, -1};
         matched_gt_boxes: (N, T, 4) xyxy. rpn_objectness is the BCE-with-logits mean over sampled anchors;
         rpn_box the smooth L1 (beta 1/9) sum over positives divided by the number of sampled anchors, so it
         is exactly 0 (and still differentiable) for a batch without positives.
         """
-        sampled = [self.sampler(image_labels) for image_labels in labels]
+        sampled = [self.sampler(image_labels) for image_labels in gt_labels]
         pos_mask = torch.stack([pos for pos, _ in sampled])  # (N, T)
         sampled_mask = pos_mask | torch.stack([neg for _, neg in sampled])  # (N, T)
         num_sampled = max(int(sampled_mask.sum()), 1)  # an image whose anchors are all ignored samples nothing
@@ -172,8 +178,8 @@ class RPN(nn.Module):
             objectness_logits[sampled_mask].float(), pos_mask[sampled_mask].float(), reduction="sum"
         )
         positive_anchors = anchors.expand_as(matched_gt_boxes)[pos_mask]  # (P, 4)
-        target_deltas = self.box_coder.encode(matched_gt_boxes[pos_mask], positive_anchors)  # (P, 4)
-        box = F.smooth_l1_loss(pred_deltas[pos_mask].float(), target_deltas, beta=SMOOTH_L1_BETA, reduction="sum")
+        gt_deltas = self.box_coder.encode(matched_gt_boxes[pos_mask], positive_anchors)  # (P, 4)
+        box = F.smooth_l1_loss(pred_deltas[pos_mask].float(), gt_deltas, beta=SMOOTH_L1_BETA, reduction="sum")
         return {"rpn_objectness": objectness / num_sampled, "rpn_box": box / num_sampled}
 
     @torch.no_grad()

@@ -49,17 +49,26 @@ def prepare_out_dir(out_dir: str | Path) -> Path:
 
 
 class MetricsLogger:
-    """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard.
 
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+    ``resume_step``: a run resumed from the checkpoint of that step drops the rows logged after it (they are logged
+    again), in metrics.jsonl and TensorBoard (``purge_step``), so no step appears twice."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, resume_step: int | None = None) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self.writer = None
+        if enabled and resume_step is not None and self.path.is_file():
+            kept = [row for row in read_metrics(self.path) if row.get("step", 0) <= resume_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            tmp.replace(self.path)
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(log_dir=str(run_dir))
+                purge = None if resume_step is None else resume_step + 1
+                self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge)
             except ImportError:  # tensorboard is optional at run time
                 self.writer = None
 
@@ -92,10 +101,19 @@ def json_safe(value: Any) -> Any:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a line cut short (a run killed while writing) is skipped."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def plot_curves(run_dir: Path) -> Path | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +27,8 @@ _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # rtsp://, rtmp://, http(s):/
 _GLOB_MAGIC = re.compile(r"[*?[]")
 # A gap longer than this (about 2 s at 25 fps) is the end of the video, not a run of damaged frames.
 _MAX_CONSECUTIVE_FAILURES = 50
+_MAX_RECONNECTS = 3
+_MAX_FPS = 240.0  # a higher reported frame rate is a container or stream clock, not the video's rate
 
 
 
@@ -57,6 +60,7 @@ class Source:
     frame_size: tuple[int, int] | None = None
     frame_count: int | None = None
     skipped: int = 0
+    reconnects: int = 0  # streams: times the address was opened again after it stopped delivering frames
     _capture: Any = field(default=None, repr=False)
     _pending: Frame | None = field(default=None, repr=False)
     _next_index: int = field(default=0, repr=False)  # stream position of the next read, failed reads included
@@ -113,8 +117,21 @@ class Source:
             failures += 1
             past_end = self.frame_count is not None and self._next_index >= self.frame_count
             if past_end or failures >= _MAX_CONSECUTIVE_FAILURES:
+                if self.kind == "stream" and self.reconnects < _MAX_RECONNECTS and self._reopen():
+                    failures = 0  # a dropped network stream: join it again, a bounded number of times
+                    continue
                 return None
         return None
+
+    def _reopen(self) -> bool:
+        """Open the stream's address again (after a drop); False when it does not open."""
+        self.reconnects += 1
+        warnings.warn(f"the stream {self.location} stopped delivering frames; reconnecting "
+                      f"({self.reconnects} of {_MAX_RECONNECTS})", stacklevel=2)
+        if self._capture is not None:
+            self._capture.release()
+        self._capture = cv2.VideoCapture(self.location)
+        return bool(self._capture.isOpened())
 
 
 def open_source(source: str | int | Path) -> Source:
@@ -177,6 +194,10 @@ def _open_capture(kind: str, text: str, target: str | int, stem: str) -> Source:
     fps = capture.get(cv2.CAP_PROP_FPS)
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if kind == "video" else 0
     size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    if fps and not 0 < fps <= _MAX_FPS:  # RTSP sources often report the 90 kHz clock rate
+        warnings.warn(f"the {what} {text} reports {fps:g} frames per second; treating its rate as unknown",
+                      stacklevel=2)
+        fps = None
     source = Source(kind, text, stem, fps=fps if fps and fps > 0 else None,
                     frame_size=size if min(size) > 0 else None, frame_count=count if count > 0 else None,
                     _capture=capture)

@@ -6,7 +6,7 @@ Labels: foreground classes are ``1..K``; ``BACKGROUND`` (0) is defined here, onc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,28 +56,57 @@ class ImageRecord:
 
 @dataclass
 class DatasetReport:
-    """What a reader changed or dropped while loading, so `data stats` and warnings can say so."""
+    """What a reader changed or dropped while loading. `summary` gives one line per kind that happened, which
+    `data stats`, `train`, `eval` and `convert` print; `details` names the files behind each count (written to the
+    run folder as data_report.json)."""
 
     clipped_boxes: int = 0  # boxes partly outside the image, clipped to it
     degenerate_boxes: int = 0  # boxes with zero width or height after clipping, dropped
     dropped_labels: int = 0  # objects whose class is not selected by the config
     images_with_dropped_labels: int = 0
     images_without_labels: int = 0  # kept as negatives
-    labels_without_image: list[str] = field(default_factory=list)
-    converted_images: int = 0  # grayscale / RGBA / 16-bit images converted to 8-bit RGB
+    labels_without_image: list[str] = field(default_factory=list)  # label files (VOC/YOLO/KITTI) skipped
+    missing_images: list[str] = field(default_factory=list)  # images the annotations list but the disk lacks (COCO)
+    orphan_annotations: int = 0  # annotations whose image id is not among the images (COCO), dropped
+    unreadable_images: list[str] = field(default_factory=list)  # truncated or undecodable image files, skipped
+    converted_images: int | None = None  # grayscale / RGBA / 16-bit, converted to 8-bit RGB; counted by data stats
+    # kind -> files it concerns (image file names; label files for labels_without_image), for the details file
+    details: dict[str, list[str]] = field(default_factory=dict)
+
+    def note(self, kind: str, name: str) -> None:
+        """Name a file behind a count of ``kind`` (once per file)."""
+        names = self.details.setdefault(kind, [])
+        if not names or names[-1] != name:
+            names.append(name)
+
+    def summary(self) -> list[str]:
+        """One line per kind of change that happened, with its count; empty when the reader changed nothing."""
+        details = self.details
+        entries = [  # (count, what happened, files behind it)
+            (self.clipped_boxes, "boxes extended outside their image and were clipped", details.get("clipped_boxes")),
+            (self.degenerate_boxes, "degenerate boxes (zero width or height) were dropped",
+             details.get("degenerate_boxes")),
+            (self.dropped_labels, f"objects of classes not selected were dropped, in {self.images_with_dropped_labels} "
+             "images", details.get("dropped_labels")),
+            (self.images_without_labels, "images have no label file and are kept as negatives", None),
+            (len(self.labels_without_image), "label files have no image and were skipped", self.labels_without_image),
+            (len(self.missing_images), "images listed by the annotations are missing on disk and were skipped",
+             self.missing_images),
+            (len(self.unreadable_images), "image files are truncated or undecodable and were skipped",
+             self.unreadable_images),
+            (self.orphan_annotations, "annotations refer to an image id the file does not list and were dropped",
+             details.get("orphan_annotations")),
+            (self.converted_images or 0, "images are not 8-bit RGB and are converted when loaded",
+             details.get("converted_images")),
+        ]
+        return [f"{count} {what}" + (f" (first: {names[0]})" if names else "") for count, what, names in entries if count]
 
     def warnings(self) -> list[str]:
-        lines = []
-        if self.clipped_boxes:
-            lines.append(f"{self.clipped_boxes} boxes extended outside their image and were clipped")
-        if self.degenerate_boxes:
-            lines.append(f"{self.degenerate_boxes} degenerate boxes (zero width or height) were dropped")
-        if self.labels_without_image:
-            lines.append(
-                f"{len(self.labels_without_image)} label files have no image and were skipped "
-                f"(first: {self.labels_without_image[0]})"
-            )
-        return lines
+        return self.summary()
+
+    def to_json(self) -> dict:
+        """Counts and the files behind them, JSON-ready."""
+        return {**asdict(self), "summary": self.summary()}
 
 
 @dataclass
@@ -87,6 +116,9 @@ class Dataset:
     class_names: list[str]
     records: list[ImageRecord]
     report: DatasetReport = field(default_factory=DatasetReport)
+    root: Path | None = None  # the dataset folder (or COCO JSON) read; split filters also match paths relative to it
+    # the source's id of each class (COCO category ids; class_names order); None: 1..K (formats without ids)
+    category_ids: list[int] | None = None
 
     @property
     def num_classes(self) -> int:

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
@@ -31,10 +32,11 @@ from detector.sources import Frame, Source, open_source
 from detector.structures import Detections, DetectorError
 from detector.visualize import IMAGE_SUFFIXES, draw_detections, save_image
 
-__all__ = ["DetectSummary", "Frame", "FrameResult", "Source", "open_source", "predict_frames", "run_detection"]
+__all__ = ["DetectSummary", "Frame", "FrameResult", "Source", "VideoFile", "open_source", "predict_frames", "run_detection"]
 
 _DEFAULT_FPS = 25.0  # for the output mp4 when a webcam or stream does not report its rate
 _POLL_S = 0.1  # how often a blocked thread looks at its stop flag
+_STALL_S = 60.0  # a source that delivers no frame for this long is reported as stalled (DETECTOR_STALL_S)
 _DONE = object()  # end-of-stream marker in the thread queues
 _SHOW_NOTE = "--show needs a display and OpenCV with GUI support; continuing without a window"
 
@@ -73,7 +75,9 @@ class _Failure:
 class _Prefetcher:
     """Runs an iterable in a background thread and hands its items over through a bounded queue."""
 
-    def __init__(self, items: Iterable[Any], maxsize: int) -> None:
+    def __init__(self, items: Iterable[Any], maxsize: int, name: str = "the source") -> None:
+        self.name = name
+        self.stall_s = float(os.environ.get("DETECTOR_STALL_S", _STALL_S))
         self._queue: queue.Queue = queue.Queue(maxsize)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(items,), name="detector-reader", daemon=True)
@@ -101,14 +105,21 @@ class _Prefetcher:
                 iterator.close()  # releases the capture even when the consumer stopped early
 
     def __iter__(self) -> Iterator[Any]:
-        while (item := self._queue.get()) is not _DONE:
+        while True:
+            try:
+                item = self._queue.get(timeout=self.stall_s)
+            except queue.Empty:
+                raise DetectorError(f"{self.name} stalled: no frame for {self.stall_s:g} s (set DETECTOR_STALL_S to "
+                                    "wait longer)") from None
+            if item is _DONE:
+                return
             if isinstance(item, _Failure):
                 raise item.error
             yield item
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=self.stall_s)  # a reader blocked in a dead stream is a daemon: left behind
 
 
 class _BackgroundSink:
@@ -167,7 +178,7 @@ def predict_frames(detector: FramePredictor, source: str | int | Source, batch_s
     """
     _check_batch_size(batch_size)
     opened = source if isinstance(source, Source) else open_source(source)
-    prefetcher = _Prefetcher(opened.frames(), maxsize=2 * batch_size)
+    prefetcher = _Prefetcher(opened.frames(), maxsize=2 * batch_size, name=f"the {opened.kind} {opened.location}")
     frames = iter(prefetcher)
     try:
         # full batches of batch_size, then the remainder; an empty list ends the loop
@@ -183,6 +194,52 @@ def predict_frames(detector: FramePredictor, source: str | int | Source, batch_s
         opened.close()
 
 
+class VideoFile:
+    """An mp4 being written from BGR frames: H.264 through PyAV (libx264, yuv420p: what browsers play), else
+    OpenCV's MPEG-4 part 2 ("mp4v"), which media players read but browsers do not. Odd frame sizes are padded by one
+    pixel (H.264's 4:2:0 needs even ones)."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
+        self.path, (width, height) = Path(path), size
+        try:
+            import av
+        except ImportError:  # PyAV is a dependency; an environment without it still writes a playable file
+            av = None
+        self._av, self._size = av, (width, height)
+        if av is not None:
+            self._container = av.open(str(self.path), "w")
+            self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            self._stream.width, self._stream.height = width + width % 2, height + height % 2
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": "20", "preset": "veryfast"}
+            self.codec = "h264"
+        else:
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+            if not self._writer.isOpened():
+                raise DetectorError(f"cannot write the annotated video {self.path} (OpenCV has no mp4v writer)")
+            self.codec = "mp4v"
+
+    def write(self, bgr: np.ndarray) -> None:
+        """One (H, W, 3) uint8 BGR frame of the size given at construction."""
+        if self._av is None:
+            self._writer.write(bgr)
+            return
+        width, height = self._size
+        if width % 2 or height % 2:
+            bgr = cv2.copyMakeBorder(bgr, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
+        frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24")
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def release(self) -> None:
+        if self._av is None:
+            self._writer.release()
+            return
+        for packet in self._stream.encode():  # flush the encoder's delayed frames
+            self._container.mux(packet)
+        self._container.close()
+
+
 class _ResultWriter:
     """Draws each FrameResult and writes the annotated image or mp4 frame, JSON entries and CSV rows."""
 
@@ -191,7 +248,8 @@ class _ResultWriter:
         self.video_path = out_dir / f"{source.stem}.mp4" if source.is_video else None
         self.json_path, self.csv_path = out_dir / "detections.json", out_dir / "detections.csv"
         self.entries: list[dict] = []
-        self.video: cv2.VideoWriter | None = None
+        self.video: VideoFile | None = None
+        self._last_frame: tuple[int, np.ndarray] | None = None  # (index, BGR pixels) of the last frame written
         # the window is drawn by the calling thread (GUI toolkits want one thread); the writer offers frames
         self.display: queue.Queue | None = queue.Queue(maxsize=1) if show else None
         self._csv_file = self.csv_path.open("w", newline="")
@@ -204,7 +262,7 @@ class _ResultWriter:
                                     scores=found.scores.numpy())
         rows = found.to_list()
         if self.source.is_video:
-            self._write_video_frame(annotated)
+            self._write_video_frame(annotated, result.index)
             key: int | str = result.index
             self.entries.append({"frame": result.index, "detections": rows})
         else:
@@ -217,16 +275,20 @@ class _ResultWriter:
             with contextlib.suppress(queue.Full):  # a slow window shows fewer frames, never slows the writer
                 self.display.put_nowait(annotated)
 
-    def _write_video_frame(self, annotated: np.ndarray) -> None:
+    def _write_video_frame(self, annotated: np.ndarray, index: int) -> None:
+        """Frame ``index`` of the source into the mp4. Frames the source could not decode are filled with the last
+        written frame, so frame n of the mp4 is always source frame n, as the JSON and CSV count them."""
         width, height = self.source.frame_size or (annotated.shape[1], annotated.shape[0])
         if self.video is None:
-            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            self.video = cv2.VideoWriter(str(self.video_path), fourcc, self.source.fps or _DEFAULT_FPS, (width, height))
-            if not self.video.isOpened():
-                raise DetectorError(f"cannot write the annotated video {self.video_path} (OpenCV has no mp4v writer)")
+            self.video = VideoFile(self.video_path, self.source.fps or _DEFAULT_FPS, (width, height))
         if annotated.shape[:2] != (height, width):  # a stream may change resolution mid-way
             annotated = cv2.resize(annotated, (width, height), interpolation=cv2.INTER_AREA)
-        self.video.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
+        bgr = cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR)
+        previous_index, previous = self._last_frame if self._last_frame else (index - 1, bgr)
+        for _ in range(index - previous_index - 1):  # skipped (undecodable) frames: hold the last picture
+            self.video.write(previous)
+        self.video.write(bgr)
+        self._last_frame = (index, bgr)
 
     def finish(self) -> None:
         """Close the video and CSV and write the JSON (also after a failure: what was done is kept)."""

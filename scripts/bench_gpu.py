@@ -49,7 +49,7 @@ from detector.data.build import build_datasets
 from detector.data.dataset import image_to_tensor
 from detector.data.images import load_image
 from detector.data.transforms import build_transform
-from detector.detector import load_detector
+from detector.checkpoint import load_detector
 from detector.runs import json_safe
 from detector.structures import Detections, DetectorError
 

@@ -44,7 +44,8 @@ from detector.api import Detector
 from detector.config import Config, load_config
 from detector.data.images import list_images, load_image
 from detector.data.transforms import build_transform
-from detector.detector import FastRCNN, build_detector, load_detector
+from detector.checkpoint import load_detector
+from detector.detector import FastRCNN, build_detector
 from detector.runs import json_safe
 from detector.runtime import ChannelsLastBackbone, onnx_backbone
 from detector.structures import DetectorError

@@ -63,7 +63,7 @@ from detector.data.build import build_datasets, build_split
 from detector.data.dataset import image_to_tensor
 from detector.data.images import load_image
 from detector.data.transforms import build_transform
-from detector.detector import load_detector
+from detector.checkpoint import load_detector
 from detector.engine import Trainer, evaluate
 from detector.runs import json_safe, new_run_dir, read_metrics
 from detector.structures import Dataset, DetectorError

@@ -1,6 +1,7 @@
-"""Draw a checkpoint's detections on validation images into one small PNG grid (for docs and the README).
+"""Draw a checkpoint's detections on images of one split into one small grid picture (for docs and the README).
 
-    python scripts/predictions_grid.py runs/drone_cars/best.pt -c configs/drone_cars.yaml --out docs/benchmarks/drone_cars/predictions.jpg
+    python scripts/predictions_grid.py runs/drone_cars/best.pt -c configs/drone_cars.yaml --split test \
+        --out docs/benchmarks/drone_cars_test/predictions.jpg
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from detector.api import Detector
 from detector.config import load_config
-from detector.data.build import build_datasets
+from detector.data.build import SPLITS, build_split
 from detector.data.images import load_image
 from detector.structures import DetectorError
 from detector.visualize import draw_detections, image_grid, save_image
@@ -22,7 +23,8 @@ from detector.visualize import draw_detections, image_grid, save_image
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("-c", "--config", required=True, help="config whose validation split is drawn")
+    parser.add_argument("-c", "--config", required=True, help="config whose split is drawn")
+    parser.add_argument("--split", choices=SPLITS, default="val", help="the config's split to draw (default val)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--num", type=int, default=8)
     parser.add_argument("--cols", type=int, default=4)
@@ -31,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         detector = Detector.load(args.checkpoint)
-        _, val = build_datasets(load_config(args.config))
-        step = max(len(val.records) // args.num, 1)
-        records = val.records[::step][: args.num]
+        split = build_split(load_config(args.config), args.split)
+        step = max(len(split.records) // args.num, 1)
+        records = split.records[::step][: args.num]
         cells = []
         for record in records:
             image = load_image(record.image_path)

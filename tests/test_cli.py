@@ -240,3 +240,49 @@ def test_eval_split_uses_the_checkpoint_config_blocks(tiny_checkpoint, tmp_path)
     assert result.returncode == 0, result.stderr
     # the synthetic images 000000 and 000001 are COCO ids 1 and 2: nothing else was evaluated
     assert {d["image_id"] for d in json.loads((out / "detections.json").read_text())} <= {1, 2}
+
+
+def test_bad_cli_numbers_are_one_sentence(tiny_checkpoint, tmp_path, capsys):
+    """--max-det -1 used to crash inside the detector; argparse now names the option and the range."""
+    for option, value, expected in (("--max-det", "-1", "expected an integer of at least 1, got '-1'"),
+                                    ("--score-thresh", "1.5", "expected a score in [0, 1], got '1.5'"),
+                                    ("--score-thresh", "nan", "expected a score in [0, 1], got 'nan'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["detect", str(tiny_checkpoint), str(tmp_path), option, value])
+        assert exit_info.value.code == 2 and f"argument {option}: {expected}" in capsys.readouterr().err
+
+
+def test_a_data_error_in_a_loader_worker_is_one_sentence():
+    """torch re-raises a worker's DetectorError as 'Caught DetectorError in DataLoader worker process 0. Original
+    Traceback ...': the command line keeps the sentence."""
+    import torch.utils.data
+
+    from detector.cli import one_sentence
+    from detector.structures import DetectorError
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            raise DetectorError("cannot decode image x.jpg (corrupt or not an image)")
+
+    with pytest.raises(DetectorError) as error:
+        next(iter(torch.utils.data.DataLoader(Broken(), num_workers=1)))
+    assert "Original Traceback" in str(error.value)
+    assert one_sentence(error.value) == "cannot decode image x.jpg (corrupt or not an image)"
+
+
+def test_data_show_refuses_to_overwrite(tmp_path, shared_data):
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"mine")
+    result = run("data", "show", str(shared_data / "kitti_tiny"), "--format", "kitti", "--out", str(out))
+    assert_one_sentence_error(result, f"--out {out} already exists")
+    assert out.read_bytes() == b"mine"
+
+
+def test_overrides_after_options_and_scientific_floats(tiny_checkpoint, tmp_path):
+    val = tiny_checkpoint.parent.parent.parent / "data" / "val"
+    result = run("eval", str(tiny_checkpoint), str(val), "--format", "coco", "--out", str(tmp_path / "e"),
+                 "data.max_size=256", "eval.score_thresh=1e-3")
+    assert result.returncode == 0, result.stderr

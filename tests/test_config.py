@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from detector.config import Config, config_from_dict, load_config, parse_override
@@ -23,6 +25,11 @@ def test_int_widens_to_float():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
 
 
+def test_scientific_notation_without_a_dot_is_a_float():
+    """PyYAML (YAML 1.1) reads 1e-4 as a string; a float key takes it as the number."""
+    assert load_config(None, ["train.lr=1e-4", "train.weight_decay=5E-5"]).train.lr == 1e-4
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -34,10 +41,17 @@ def test_int_widens_to_float():
         ("model.roi_pool_mode=bilinear", "expected one of partition, torchvision, align"),
         ("train.lr", "section.key=value"),
         ("train.snapshot_every_min=0.001", "'train.snapshot_every_min' is 0.001; expected 0"),
+        ("train.lr=.nan", "'train.lr' is nan; expected a finite number"),
+        ("train.lr=-0.1", "'train.lr' is -0.1; expected positive"),
+        ("model.score_thresh=-3", "'model.score_thresh' is -3.0; expected [0, 1]"),
+        ("train.ema_decay=7", "'train.ema_decay' is 7.0; expected [0, 1)"),
+        ("data.synthetic_size=[320]", "'data.synthetic_size' expects 2 numbers, got [320]"),
+        ("model.anchor_sizes=[32, 0]", "'model.anchor_sizes' is [32.0, 0.0]; expected positive for every item"),
+        ("model.detections_per_image=0", "'model.detections_per_image' is 0; expected at least 1"),
     ],
 )
 def test_bad_overrides_fail_with_one_sentence(override, message):
-    with pytest.raises(DetectorError, match=message.replace("(", r"\(")):
+    with pytest.raises(DetectorError, match=re.escape(message)):
         load_config(None, [override])
 
 

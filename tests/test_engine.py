@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from conftest import tiny_run_overrides
-from detector.checkpoint import load_checkpoint, save_checkpoint
+from detector.checkpoint import load_checkpoint, load_detector, save_checkpoint
 from detector.config import load_config
-from detector.detector import load_detector
 from detector.engine import EpochSampler, Trainer
 from detector.structures import DetectorError
 
@@ -190,7 +189,7 @@ def test_training_with_proposals_from_a_file(tmp_path):
     import numpy as np
 
     from detector.data.build import build_datasets
-    from detector.proposals import write_proposals_file
+    from detector.data.proposals_file import write_proposals_file
 
     config = load_config(None, tiny_run_overrides(tmp_path))
     train, val = build_datasets(config)
@@ -208,3 +207,48 @@ def test_training_with_proposals_from_a_file(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "rpn_objectness" not in rows[0] and rows[0]["roi_cls"] > 0
     assert any("AP" in row for row in rows)
+
+
+def test_evaluation_keeps_detections_down_to_eval_score_thresh(tmp_path):
+    """eval.score_thresh was never read: mAP saw only what model.score_thresh (meant for detect) let through."""
+    from detector.data.build import build_datasets
+    from detector.detector import build_detector
+    from detector.engine import evaluate
+
+    config = load_config(None, tiny_run_overrides(tmp_path, **{"model.score_thresh": 0.99, "eval.score_thresh": 0.0}))
+    _, val = build_datasets(config)
+    torch.manual_seed(0)
+    model = build_detector(config, pretrained=False)
+    output = evaluate(model, val, config, torch.device("cpu"), with_loss=False, progress=False)
+    scores = [d["score"] for d in output.evaluator.results()]
+    assert scores and min(scores) < 0.99  # an untrained model's scores sit near 1 / (K + 1)
+    assert model.roi_heads.score_thresh == 0.99  # detect's threshold is back afterwards
+    config.eval.score_thresh = 0.995
+    output = evaluate(model, val, config, torch.device("cpu"), with_loss=False, progress=False)
+    assert all(d["score"] > 0.995 for d in output.evaluator.results())
+
+
+def test_resume_drops_the_log_rows_after_the_checkpoint_and_reads_a_cut_line(tmp_path):
+    from detector.runs import MetricsLogger, plot_curves, read_metrics
+
+    logger = MetricsLogger(tmp_path, resume_step=None)
+    for step in (10, 20, 30):
+        logger.log(step, loss=1.0 / step, lr=0.01)
+    logger.close()
+    with (tmp_path / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 40, "lo')  # killed while writing
+    assert [row["step"] for row in read_metrics(tmp_path / "metrics.jsonl")] == [10, 20, 30]
+    assert plot_curves(tmp_path).is_file()
+    resumed = MetricsLogger(tmp_path, resume_step=20)  # the checkpoint was written at step 20
+    resumed.log(30, loss=0.5, lr=0.01)
+    resumed.close()
+    assert [row["step"] for row in read_metrics(tmp_path / "metrics.jsonl")] == [10, 20, 30]
+    assert read_metrics(tmp_path / "metrics.jsonl")[-1]["loss"] == 0.5
+
+
+def test_resume_from_best_with_ema_weights_is_refused(tmp_path):
+    config = load_config(None, tiny_run_overrides(tmp_path, **{"train.ema": True}))
+    run = Trainer(config, progress=False).fit()
+    assert load_checkpoint(run / "best.pt")["weights"] == "ema" and load_checkpoint(run / "last.pt")["weights"] == "model"
+    with pytest.raises(DetectorError, match=r"best.pt holds the EMA weights used for evaluation.*resume from .*last.pt"):
+        Trainer(config, resume=run / "best.pt", progress=False)

@@ -84,9 +84,9 @@ def _hand_written_json(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "gt.json", tmp_path / "results.json"
 
 
-def test_every_stat_equals_pycocotools_on_the_same_hand_written_json(tmp_path: Path) -> None:
-    expected = _pycocotools_stats(*_hand_written_json(tmp_path))
-    evaluator = COCOEvaluator(CLASSES)
+def _hand_written_evaluator(category_ids: list[int] | None = None) -> COCOEvaluator:
+    """The hand-written ground truth and results above, fed to our evaluator image by image."""
+    evaluator = COCOEvaluator(CLASSES, category_ids)
     for image_id, (height, width) in GT_IMAGES.items():
         objects = GT_OBJECTS[image_id]
         target = _targets([_xywh_to_xyxy(b) for b, _ in objects], [c for _, c in objects], (height, width),
@@ -94,13 +94,35 @@ def test_every_stat_equals_pycocotools_on_the_same_hand_written_json(tmp_path: P
         mine = [r for r in RESULTS if r[0] == image_id]
         dets = _detections([_xywh_to_xyxy(r[2]) for r in mine], [r[3] for r in mine], [r[1] for r in mine])
         evaluator.process([image_id], [target], [dets])
-    metrics = evaluator.evaluate().metrics
+    return evaluator
+
+
+def test_every_stat_equals_pycocotools_on_the_same_hand_written_json(tmp_path: Path) -> None:
+    expected = _pycocotools_stats(*_hand_written_json(tmp_path))
+    metrics = _hand_written_evaluator().evaluate().metrics
     assert 0.0 < metrics["AP"] < 1.0  # a non-trivial case, not all zeros or ones
     for name, value in zip(METRIC_NAMES, expected):
         if value == -1:
             assert math.isnan(metrics[name]), name
         else:
             assert metrics[name] == pytest.approx(value, abs=1e-12), name
+
+
+def test_saved_files_use_the_source_ids_and_reproduce_the_table(tmp_path: Path) -> None:
+    """detections.json used the internal labels 1..K as category ids and the ground truth was never saved: with the
+    source's ids (COCO's 3 and 7 here) both files go to pycocotools and give back every number of the table."""
+    evaluator = _hand_written_evaluator(category_ids=[3, 7])
+    evaluator.save_results_json(tmp_path / "detections.json")
+    evaluator.save_ground_truth_json(tmp_path / "ground_truth.json")
+    saved = json.loads((tmp_path / "detections.json").read_text())
+    assert {d["category_id"] for d in saved} == {3, 7}
+    gt = json.loads((tmp_path / "ground_truth.json").read_text())
+    assert gt["categories"] == [{"id": 3, "name": "car"}, {"id": 7, "name": "truck"}]
+    stats = _pycocotools_stats(tmp_path / "ground_truth.json", tmp_path / "detections.json")
+    metrics = evaluator.evaluate().metrics
+    assert 0.0 < metrics["AP"] < 1.0
+    for name, value in zip(METRIC_NAMES, stats):
+        assert math.isnan(metrics[name]) if value == -1 else metrics[name] == pytest.approx(value, abs=1e-12), name
 
 
 def test_perfect_predictions_score_one() -> None:

@@ -7,7 +7,7 @@ import torch
 
 from detector.matching import BalancedSampler, Matcher, ignored_by_regions
 
-BG, IGN = Matcher.BACKGROUND, Matcher.IGNORE
+BG, IGN = Matcher.BELOW_LOW_THRESHOLD, Matcher.BETWEEN_THRESHOLDS
 
 # 2 gt x 6 predictions.
 IOU = torch.tensor(

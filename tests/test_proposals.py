@@ -1,4 +1,4 @@
-"""Tests for detector/proposals.py: proposals files, FileProposals and selective search."""
+"""Tests for detector/proposals.py (FileProposals, selective search) and detector/data/proposals_file.py."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ import torch
 from torchvision.ops import box_iou
 
 from detector import proposals as proposals_module
+from detector.data.images import load_image
+from detector.data.proposals_file import proposals_for_record, read_proposals_file, write_proposals_file
 from detector.proposals import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FileProposals,
     SelectiveSearchProposals,
     compute_proposals,
-    proposals_for_record,
-    read_proposals_file,
     selective_search,
-    write_proposals_file,
 )
 from detector.structures import Dataset, DetectorError, ImageBatch, ImageRecord
 
@@ -276,9 +275,9 @@ def test_compute_proposals_keys_by_name_or_id(tmp_path):
         ImageRecord(tmp_path / folder / "img.png", 300, 200, np.zeros((0, 4)), np.zeros(0), image_id=i)
         for i, folder in enumerate(("a", "b"), start=7)
     ]
-    by_name = compute_proposals(Dataset(["car"], records[:1]), max_side=150, progress=False)
+    by_name = compute_proposals(Dataset(["car"], records[:1]), load_image, max_side=150, progress=False)
     assert list(by_name) == ["img.png"]
     iou = box_iou(torch.from_numpy(by_name["img.png"]), torch.tensor([[60.0, 50.0, 180.0, 150.0]]))
     assert iou.max() > 0.99
     # two images named img.png: keys fall back to image ids so neither overwrites the other
-    assert list(compute_proposals(Dataset(["car"], records), max_side=150, progress=False)) == ["7", "8"]
+    assert list(compute_proposals(Dataset(["car"], records), load_image, max_side=150, progress=False)) == ["7", "8"]

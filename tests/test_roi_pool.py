@@ -7,10 +7,11 @@ import torch
 import torchvision
 
 import detector.roi_pool as roi_pool_module
-from detector.roi_pool import RoIPool, assign_fpn_levels, roi_pool
+from detector.roi_pool import RoIPool, assign_fpn_levels, roi_pool, roi_pool_reference
 from detector.structures import DetectorError
 
-# The lecture's two feature maps and their 3x2 (2 rows by 3 columns) pooled results.
+# The lecture's two feature maps (4 rows x 7 cols, 5 rows x 9 cols) and their pooled results on its "3x2" grid,
+# 2 rows x 3 cols (output_size=(2, 3)).
 LECTURE_4X7 = [[1, 2, 6, 2, 8, 2, 0], [4, 7, 1, 3, 5, 2, 4], [3, 0, 7, 4, 5, 2, 9], [9, 1, 2, 7, 0, 3, 0]]
 LECTURE_4X7_POOLED = [[7, 6, 8], [9, 7, 9]]
 LECTURE_5X9 = [
@@ -30,8 +31,15 @@ def as_map(rows: list[list[int]]) -> torch.Tensor:
 
 
 def whole_map_roi(rows: list[list[int]]) -> torch.Tensor:
-    """The ROI covering every cell: corners at the first and last cell (the end cell is inclusive)."""
-    return torch.tensor([[0.0, 0.0, 0.0, len(rows[0]) - 1, len(rows) - 1]])
+    """The ROI covering every cell: the map's corners, as continuous x1, y1, x2, y2."""
+    return torch.tensor([[0.0, 0.0, 0.0, len(rows[0]), len(rows)]])
+
+
+def torchvision_rois(rois: torch.Tensor, scale: float) -> torch.Tensor:
+    """The same cells in torchvision.ops.roi_pool's convention: corners rounded, the end cell inclusive."""
+    cells = torch.cat([torch.floor(rois[:, 1:3] * scale), torch.ceil(rois[:, 3:] * scale) - 1], 1)
+    cells[:, 2:] = torch.maximum(cells[:, 2:], cells[:, :2])
+    return torch.cat([rois[:, :1], cells / scale], 1)
 
 
 def distinct_map(shape: tuple[int, ...], seed: int, dtype=torch.float32) -> torch.Tensor:
@@ -52,7 +60,7 @@ def test_lecture_examples_at_an_offset_in_a_larger_map(rows, expected):
     height, width = len(rows), len(rows[0])
     big = torch.full((1, 1, height + 7, width + 9), 100.0)  # larger than every lecture value: must not leak in
     big[0, 0, 3 : 3 + height, 5 : 5 + width] = torch.tensor(rows, dtype=torch.float32)
-    roi = torch.tensor([[0.0, 5, 3, 5 + width - 1, 3 + height - 1]])
+    roi = torch.tensor([[0.0, 5, 3, 5 + width, 3 + height]])
     assert roi_pool(big, roi, (2, 3)).tolist() == [[expected]]
 
 
@@ -61,15 +69,15 @@ def test_lecture_examples_with_spatial_scale_one_sixteenth(rows, expected):
     height, width = len(rows), len(rows[0])
     big = torch.full((2, 1, height + 4, width + 6), 100.0)
     big[1, 0, 2 : 2 + height, 3 : 3 + width] = torch.tensor(rows, dtype=torch.float32)
-    # The same cells in input pixels at stride 16; corners off by < 8 px round to the same cells.
-    x1, y1, x2, y2 = 3 * 16 + 7.9, 2 * 16 - 7.5, (3 + width - 1) * 16 + 7.4, (2 + height - 1) * 16 - 7.9
+    # The same cells in input pixels at stride 16: corners anywhere inside the first and the last cell.
+    x1, y1, x2, y2 = 3 * 16 + 15.9, 2 * 16 + 0.1, (3 + width) * 16 - 15.9, (2 + height) * 16 - 0.1
     roi = torch.tensor([[1.0, x1, y1, x2, y2]])
     assert roi_pool(big, roi, (2, 3), spatial_scale=1 / 16).tolist() == [[expected]]
 
 
 def test_torchvision_bins_overlap_on_the_lecture_example():
     """Documentation: torchvision's roi_pool uses ceil for bin ends, so its 3 bins over 7 columns overlap."""
-    pooled = torchvision.ops.roi_pool(as_map(LECTURE_4X7), whole_map_roi(LECTURE_4X7), (2, 3))
+    pooled = torchvision.ops.roi_pool(as_map(LECTURE_4X7), torchvision_rois(whole_map_roi(LECTURE_4X7), 1), (2, 3))
     assert pooled.tolist() == [[[[7, 8, 8], [9, 7, 9]]]]
     assert roi_pool(as_map(LECTURE_4X7), whole_map_roi(LECTURE_4X7), (2, 3), mode="torchvision").tolist() == [
         [[[7, 8, 8], [9, 7, 9]]]
@@ -89,15 +97,16 @@ def test_gradient_lands_only_on_argmax_cells():
 
 def test_roi_smaller_than_the_grid_repeats_cells_instead_of_empty_bins():
     features = torch.tensor([[1.0, 2], [3, 4]])[None, None]
-    pooled = roi_pool(features, torch.tensor([[0.0, 0, 0, 1, 1]]), 3)
+    pooled = roi_pool(features, torch.tensor([[0.0, 0, 0, 2, 2]]), 3)
     # n = 2 cells into k = 3 bins: bins [0, 1), [0, 1), [1, 2)
     assert pooled.tolist() == [[[[1, 1, 2], [1, 1, 2], [3, 3, 4]]]]
-    single_cell = roi_pool(as_map(LECTURE_4X7), torch.tensor([[0.0, 4, 2, 4, 2]]), 7)
+    single_cell = roi_pool(as_map(LECTURE_4X7), torch.tensor([[0.0, 4.2, 2.1, 4.7, 2.9]]), 7)  # inside cell (2, 4)
     assert torch.equal(single_cell, torch.full((1, 1, 7, 7), 5.0))
+    assert torch.equal(roi_pool(as_map(LECTURE_4X7), torch.tensor([[0.0, 4, 2, 4, 2]]), 7), single_cell)  # empty box
 
 
 def test_roi_partly_outside_the_map_is_clamped_to_it():
-    roi = torch.tensor([[0.0, -5, -2, 3, 1]])  # cells -5..3 x -2..1 -> columns 0..3, rows 0..1
+    roi = torch.tensor([[0.0, -5, -2, 4, 2]])  # cells -5..3 x -2..1 -> columns 0..3, rows 0..1
     assert roi_pool(as_map(LECTURE_4X7), roi, 2).tolist() == [[[[2, 6], [7, 3]]]]
     outside = torch.tensor([[0.0, 40, 30, 50, 35]])  # wholly outside: the corner cell
     assert roi_pool(as_map(LECTURE_4X7), outside, (2, 3)).tolist() == [[[[0, 0, 0], [0, 0, 0]]]]
@@ -105,12 +114,17 @@ def test_roi_partly_outside_the_map_is_clamped_to_it():
     assert roi_pool(as_map(LECTURE_4X7), inverted, (2, 3)).tolist() == [[[[2, 2, 2], [2, 2, 2]]]]
 
 
-def test_half_cell_corners_round_away_from_zero_like_torchvision():
-    # x1 = 0.5 -> column 1 and y2 = 2.5 -> row 3 (round half to even would give 0 and 2)
-    roi = torch.tensor([[0.0, 0.5, 0, 6, 2.5]])  # columns 1..6, rows 0..3
+def test_a_box_pools_the_cells_it_overlaps():
+    """floor(x1) .. ceil(x2) - 1: x1 = 0.5 starts in column 0, y2 = 2.5 ends in row 2 (torchvision's own rule
+    rounds and takes the end inclusively: columns 1..6, rows 0..3); a box [8, 24) at stride 16 pools cells 0-1."""
+    roi = torch.tensor([[0.0, 0.5, 0, 6, 2.5]])  # columns 0..5, rows 0..2: 3 rows into bins [0, 1), [1, 3)
     pooled = roi_pool(as_map(LECTURE_4X7), roi, (2, 3))
-    assert pooled.tolist() == [[[[7, 8, 4], [7, 7, 9]]]]
-    assert torch.equal(pooled, torchvision.ops.roi_pool(as_map(LECTURE_4X7), roi, (2, 3)))
+    assert pooled.tolist() == [[[[2, 6, 8], [7, 7, 5]]]]
+    # torchvision on the same cells: its bins overlap (3 rows -> rows 0-1 and 1-2), so only the bottom row agrees
+    theirs = torchvision.ops.roi_pool(as_map(LECTURE_4X7), torchvision_rois(roi, 1), (2, 3))
+    assert theirs.tolist() == [[[[7, 6, 8], [7, 7, 5]]]]
+    wide = torch.arange(4.0).reshape(1, 1, 1, 4)  # columns hold 0, 1, 2, 3
+    assert roi_pool(wide, torch.tensor([[0.0, 8, 0, 24, 16]]), (1, 2), spatial_scale=1 / 16).tolist() == [[[[0, 1]]]]
 
 
 def test_negative_zero_ties_with_zero_and_the_first_cell_wins():
@@ -120,14 +134,14 @@ def test_negative_zero_ties_with_zero_and_the_first_cell_wins():
 
 
 def random_grid_multiple_rois(generator, num_rois, output_size, num_images, height, width):
-    """(R, 5) in-map ROIs whose cell counts are multiples of the grid, with corners jittered < 0.5 cell."""
+    """(R, 5) in-map ROIs whose cell counts are multiples of the grid, corners anywhere in their first/last cell."""
     rois = []
     for _ in range(num_rois):
         n_h, n_w = (k * int(torch.randint(1, 4, (1,), generator=generator)) for k in output_size)
         y0 = int(torch.randint(0, height - n_h + 1, (1,), generator=generator))
         x0 = int(torch.randint(0, width - n_w + 1, (1,), generator=generator))
-        jitter = (torch.rand(4, generator=generator) - 0.5) * 0.98
-        corners = torch.tensor([x0, y0, x0 + n_w - 1, y0 + n_h - 1]) + jitter
+        jitter = torch.rand(4, generator=generator) * 0.98 * torch.tensor([1.0, 1, -1, -1])
+        corners = torch.tensor([x0, y0, x0 + n_w, y0 + n_h]) + jitter
         rois.append([float(torch.randint(0, num_images, (1,), generator=generator)), *corners.tolist()])
     return torch.tensor(rois)
 
@@ -142,7 +156,7 @@ def test_partition_equals_torchvision_when_its_bins_do_not_overlap(output_size, 
     rois = random_grid_multiple_rois(generator, 40, output_size, 2, 24, 30) * torch.tensor([1.0, 8, 8, 8, 8])
     ours, theirs = features.clone().requires_grad_(), features.clone().requires_grad_()
     pooled = roi_pool(ours, rois, output_size, spatial_scale=1 / 8)
-    expected = torchvision.ops.roi_pool(theirs, rois, output_size, 1 / 8)
+    expected = torchvision.ops.roi_pool(theirs, torchvision_rois(rois, 1 / 8), output_size, 1 / 8)
     assert torch.equal(pooled, expected)
     upstream = torch.randint(-3, 4, pooled.shape, generator=generator).float()  # integers: sums are exact
     pooled.backward(upstream)
@@ -150,13 +164,13 @@ def test_partition_equals_torchvision_when_its_bins_do_not_overlap(output_size, 
     assert torch.equal(ours.grad, theirs.grad)
 
 
-def test_torchvision_mode_is_bit_identical_to_torchvision():
+def test_torchvision_mode_is_torchvision_on_the_same_cells():
     generator = torch.Generator().manual_seed(3)
     features = torch.randn(2, 4, 20, 26, generator=generator)
     boxes = torch.rand(50, 4, generator=generator) * torch.tensor([500.0, 400, 500, 400]) - 60
     rois = torch.cat([torch.randint(0, 2, (50, 1), generator=generator).float(), boxes], 1)
     for output_size in [(2, 3), (7, 7)]:
-        expected = torchvision.ops.roi_pool(features, rois, output_size, 1 / 16)
+        expected = torchvision.ops.roi_pool(features, torchvision_rois(rois, 1 / 16), output_size, 1 / 16)
         assert torch.equal(roi_pool(features, rois, output_size, 1 / 16, mode="torchvision"), expected)
 
 
@@ -166,6 +180,19 @@ def test_align_mode_is_torchvision_roi_align_aligned():
     rois = torch.tensor([[0.0, 10, 12, 150, 90], [0.0, 0, 0, 40, 40]])
     expected = torchvision.ops.roi_align(features, rois, (7, 7), 1 / 16, sampling_ratio=3, aligned=True)
     assert torch.equal(roi_pool(features, rois, 7, 1 / 16, mode="align", sampling_ratio=3), expected)
+
+
+@pytest.mark.parametrize("output_size", [(2, 3), (7, 7), (3, 2), (1, 5)])
+def test_partition_equals_its_plain_loop_definition(output_size):
+    """The sparse-table implementation against `roi_pool_reference` on boxes of every size: smaller and larger
+    than the grid, not multiples of it, partly or wholly outside the map, at stride 8, with many ties."""
+    generator = torch.Generator().manual_seed(9)
+    features = (torch.randn(2, 3, 17, 23, generator=generator) * 3).round()
+    corners = torch.rand(60, 4, generator=generator) * torch.tensor([220.0, 170, 220, 170]) - 20
+    boxes = torch.cat([torch.minimum(corners[:, :2], corners[:, 2:]), torch.maximum(corners[:, :2], corners[:, 2:])], 1)
+    rois = torch.cat([torch.randint(0, 2, (60, 1), generator=generator).float(), boxes], 1)
+    expected = roi_pool_reference(features, rois, output_size, 1 / 8)
+    assert torch.equal(roi_pool(features, rois, output_size, 1 / 8), expected)
 
 
 def test_partition_gradcheck_float64():
@@ -212,7 +239,7 @@ def test_chunked_computation_matches_a_single_chunk(monkeypatch):
 
 def test_output_size_int_and_pair_and_empty_rois():
     features = torch.randn(1, 4, 10, 10)
-    rois = torch.tensor([[0.0, 0, 0, 9, 9]])
+    rois = torch.tensor([[0.0, 0, 0, 10, 10]])
     assert roi_pool(features, rois, 7).shape == (1, 4, 7, 7)
     assert roi_pool(features, rois, (2, 3)).shape == (1, 4, 2, 3)
     for mode in ["partition", "torchvision", "align"]:

@@ -14,7 +14,8 @@ from detector.api import Detector
 from detector.backbone import Backbone, build_backbone
 from detector.checkpoint import checkpoint_config, load_checkpoint
 from detector.data.images import list_images
-from detector.detector import FastRCNN, load_detector
+from detector.checkpoint import load_detector
+from detector.detector import FastRCNN
 from detector.runtime import ChannelsLastBackbone, OnnxBackbone, prepare_for_inference
 from detector.structures import Detections, DetectorError
 

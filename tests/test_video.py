@@ -157,7 +157,54 @@ def test_undecodable_video_frame_is_skipped_and_counted(tmp_path: Path) -> None:
     payload = json.loads(summary.json_path.read_text())
     assert [entry["frame"] for entry in payload["frames"]] == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11]
     assert (summary.frames, summary.skipped_frames) == (11, 1)
-    assert len(read_video(summary.annotated)[0]) == 11
+    # the mp4 keeps the source's timeline: the undecodable frame 4 holds frame 3's picture, frame n stays frame n
+    frames = read_video(summary.annotated)[0]
+    assert len(frames) == 12
+    means = [float(frame[40:, :].mean()) for frame in frames]  # below the drawn box
+    assert all(abs(means[i] - brightness(j)) < 6 for i, j in ((3, 3), (4, 3), (5, 5), (11, 11)))
+
+
+def test_a_stalled_source_fails_with_one_sentence(monkeypatch) -> None:
+    """A stream that stops delivering frames used to block the reader queue forever."""
+    release = threading.Event()
+
+    def stalled():
+        yield "first"
+        release.wait(30)  # a dead stream: nothing arrives until the test lets the thread finish
+        yield "late"
+
+    monkeypatch.setenv("DETECTOR_STALL_S", "0.3")
+    prefetcher = video._Prefetcher(stalled(), maxsize=2, name="the stream rtsp://camera/1")
+    items = iter(prefetcher)
+    assert next(items) == "first"
+    started = time.perf_counter()
+    with pytest.raises(DetectorError, match=r"the stream rtsp://camera/1 stalled: no frame for 0.3 s"):
+        next(items)
+    assert time.perf_counter() - started < 5
+    release.set()
+    prefetcher.close()
+    assert worker_threads() == []
+
+
+def test_an_absurd_reported_frame_rate_is_treated_as_unknown(clip: Path, monkeypatch) -> None:
+    """RTSP sources report their 90 kHz clock as the frame rate; the mp4 must not be written at 90000 fps."""
+    real = cv2.VideoCapture
+
+    class ClockRate:
+        def __init__(self, *args):
+            self.capture = real(*args)
+
+        def get(self, prop):
+            return 90000.0 if prop == cv2.CAP_PROP_FPS else self.capture.get(prop)
+
+        def __getattr__(self, name):
+            return getattr(self.capture, name)
+
+    monkeypatch.setattr(sources.cv2, "VideoCapture", ClockRate)
+    with pytest.warns(UserWarning, match="reports 90000 frames per second; treating its rate as unknown"):
+        source = open_source(str(clip))
+    assert source.fps is None
+    source.close()
 
 
 def test_folder_with_a_corrupt_image_skips_and_counts_it(tmp_path: Path) -> None:
@@ -361,3 +408,14 @@ def test_real_dashcam_clip(shared_data: Path, tmp_path: Path) -> None:
     payload = json.loads(summary.json_path.read_text())
     assert [entry["frame"] for entry in payload["frames"]] == list(range(221))
     assert (summary.frames, summary.skipped_frames) == (221, 0)
+
+
+def test_annotated_video_is_h264_for_browsers(clip: Path, tmp_path: Path) -> None:
+    """mp4v (MPEG-4 part 2) does not play in browsers; the annotated mp4 is H.264 in yuv420p."""
+    import av
+
+    summary = run_detection(FakeDetector(), str(clip), out_dir=tmp_path / "out")
+    with av.open(str(summary.annotated)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
+        assert sum(1 for _ in container.decode(stream)) == FRAMES

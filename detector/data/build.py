@@ -15,16 +15,28 @@ from pathlib import Path
 from detector.config import Config, DataConfig
 from detector.data.readers import read_dataset
 from detector.data.synthetic import write_coco_dataset
+from detector.data.yolo import declared_split_filters
 from detector.structures import Dataset, DetectorError
 
 
 def filter_records(dataset: Dataset, pattern: str, keep_matching: bool, option: str) -> Dataset:
-    """Records whose file name matches (or, keep_matching=False, does not match) a regular expression."""
+    """Records whose file name, or path relative to the dataset folder (``images/val/x.jpg``), matches (or, with
+    keep_matching=False, does not match) a regular expression."""
     try:
         regex = re.compile(pattern)
     except re.error as error:
         raise DetectorError(f"config key '{option}' is not a valid regular expression ({error})") from None
-    records = [r for r in dataset.records if bool(regex.search(r.image_path.name)) == keep_matching]
+    root = dataset.root.resolve() if dataset.root is not None else None
+
+    def matches(path: Path) -> bool:
+        if regex.search(path.name):
+            return True
+        try:
+            return root is not None and bool(regex.search(path.resolve().relative_to(root).as_posix()))
+        except ValueError:
+            return False
+
+    records = [r for r in dataset.records if matches(r.image_path) == keep_matching]
     return replace(dataset, records=records)
 
 
@@ -38,6 +50,8 @@ def read_split(data: DataConfig, path: str, class_names: list[str] | None) -> Da
         ignore_classes=data.ignore_classes,
         names_file=data.names_file or None,
         kitti_difficulty=data.kitti_difficulty,
+        image_root=data.image_root or None,
+        voc_coordinates=data.voc_coordinates,
     )
 
 
@@ -63,17 +77,29 @@ def _read_splits(config: Config) -> dict[str, Dataset]:
     # from every labelled object (a short or truncated car is still a car, not background or an ignore region).
     train = read_split(replace(data, kitti_difficulty="all"), data.train_path, class_names)
     scored = train if data.kitti_difficulty == "all" else read_split(data, data.train_path, class_names)
+    filters = {"val": data.val_filter, "test": data.test_filter, "train": data.train_filter}
+    if data.format == "yolo" and not data.val_filter:  # an Ultralytics data.yaml's train: / val: / test: folders
+        declared = declared_split_filters(data.train_path, data.names_file or None)
+        if "val" in declared:
+            filters = {split: filters[split] or declared.get(split, "") for split in filters}
     splits: dict[str, Dataset] = {}
-    if data.val_filter:
-        splits["val"] = filter_records(scored, data.val_filter, True, "data.val_filter")
-        train = filter_records(train, data.val_filter, False, "data.val_filter")
+    if filters["val"]:
+        splits["val"] = filter_records(scored, filters["val"], True, "data.val_filter")
+        train = filter_records(train, filters["val"], False, "data.val_filter")
+    elif not data.val_path or Path(data.val_path).resolve() == Path(data.train_path).resolve():
+        raise DetectorError(
+            "the config has no validation split: data.val_filter is empty and data.val_path is "
+            + (f"the training folder {data.train_path}" if data.val_path else "empty")
+            + "; set data.val_filter to a block of its file names or data.val_path to another folder (validating on "
+            "the training images would report training accuracy)"
+        )
     else:
-        splits["val"] = read_split(data, data.val_path or data.train_path, class_names)
-    if data.test_filter:
-        splits["test"] = filter_records(scored, data.test_filter, True, "data.test_filter")
-        train = filter_records(train, data.test_filter, False, "data.test_filter")
-    if data.train_filter:
-        train = filter_records(train, data.train_filter, True, "data.train_filter")
+        splits["val"] = read_split(data, data.val_path, class_names)
+    if filters["test"]:
+        splits["test"] = filter_records(scored, filters["test"], True, "data.test_filter")
+        train = filter_records(train, filters["test"], False, "data.test_filter")
+    if filters["train"]:
+        train = filter_records(train, filters["train"], True, "data.train_filter")
     splits["train"] = train
     return splits
 
@@ -82,9 +108,10 @@ def build_split(config: Config, split: str) -> Dataset:
     """One split of `config`: train, val (every choice is made on it) or test (reported once, never tuned on)."""
     if split not in SPLITS:
         raise DetectorError(f"split '{split}' is unknown; expected one of {', '.join(SPLITS)}")
-    if split == "test" and not config.data.test_filter:
+    splits = _read_splits(config)
+    if split not in splits:
         raise DetectorError("the config has no test split; set data.test_filter to the test block's file names")
-    dataset = _read_splits(config)[split]
+    dataset = splits[split]
     if not dataset.records:
         raise DetectorError(f"the {split} split is empty; check data.train_path, data.val_path and the filters")
     return dataset

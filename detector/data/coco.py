@@ -1,8 +1,11 @@
 """COCO JSON reader (through ``pycocotools.coco.COCO``).
 
 Accepted layouts: a ``.json`` file, or a folder holding ``annotations.json`` or exactly one
-``annotations/*.json``. An image's ``file_name`` is looked up relative to the JSON's folder, then its
-``images/`` subfolder, then ``images/`` next to the ``annotations/`` folder.
+``annotations/*.json``. An image's ``file_name`` is looked up under ``image_root`` when given (``data.image_root``,
+as detectron2's ``register_coco_instances`` takes one), else relative to the JSON's folder, its ``images/``
+subfolder, ``images/`` next to the ``annotations/`` folder, and for COCO's own ``annotations/instances_<split>.json``
+the ``<split>/`` folder beside ``annotations/`` (``train2017/``). Annotations of an image id the file does not list
+are dropped and counted; images missing on disk are skipped and listed (`DatasetReport`).
 
 COCO ``bbox`` is ``[x, y, width, height]`` in 0-based pixels; it becomes ``x1, y1, x2, y2`` through
 `boxes.xywh_to_xyxy`. ``iscrowd`` objects become ignore regions. Default classes follow category id order;
@@ -21,7 +24,7 @@ from pycocotools.coco import COCO
 
 from detector.boxes import xywh_to_xyxy
 from detector.data.images import read_image_size
-from detector.data.readers import RawDataset, RawImage, RawObject, build_dataset
+from detector.data.raw import RawDataset, RawImage, RawObject, build_dataset
 from detector.structures import Dataset, DetectorError
 
 __all__ = ["find_coco_json", "load_coco", "read_coco"]
@@ -55,14 +58,47 @@ def _validate(content: object, json_path: Path) -> None:
     if not isinstance(content.get("categories"), list):
         raise DetectorError(f"{json_path}: expected a 'categories' list")
     content.setdefault("annotations", [])  # image-only files (test sets) are valid: every image is a negative
-    category_ids = {category.get("id") for category in content["categories"] if isinstance(category, dict)}
+    if not isinstance(content["annotations"], list):
+        raise DetectorError(f"{json_path}: expected an 'annotations' list, got {type(content['annotations']).__name__}")
     for section, keys in _REQUIRED.items():
         for index, entry in enumerate(content[section]):
             missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
             if missing:
                 raise DetectorError(f"{json_path}: {section}[{index}] has no {', '.join(map(repr, missing))}")
+    _validate_types(content, json_path)
+    category_ids = {category["id"] for category in content["categories"]}
     for annotation in content["annotations"]:
         _validate_annotation(annotation, json_path, category_ids)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate_types(content: dict, json_path: Path) -> None:
+    """Ids must be integers and image sizes numbers, as the COCO format defines them."""
+    for section, keys in (("images", ("id",)), ("annotations", ("id", "image_id", "category_id")),
+                          ("categories", ("id",))):
+        for index, entry in enumerate(content[section]):
+            for key in keys:
+                if not _is_int(entry[key]):
+                    raise DetectorError(f"{json_path}: {section}[{index}] has {key} {entry[key]!r}; expected an integer")
+    for section, key in (("images", "file_name"), ("categories", "name")):
+        for index, entry in enumerate(content[section]):
+            if not isinstance(entry[key], str) or not entry[key]:
+                raise DetectorError(f"{json_path}: {section}[{index}] has {key} {entry[key]!r}; expected a non-empty "
+                                    "string")
+    for index, annotation in enumerate(content["annotations"]):
+        if annotation.get("iscrowd", 0) not in (0, 1):
+            raise DetectorError(f"{json_path}: annotations[{index}] has iscrowd {annotation['iscrowd']!r}; expected 0 "
+                                "or 1")
+    for index, image in enumerate(content["images"]):
+        for key in ("width", "height"):
+            value = image.get(key)
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                          and math.isfinite(value) and value >= 0):
+                raise DetectorError(f"{json_path}: images[{index}] has {key} {value!r}; expected a non-negative "
+                                    "number of pixels")
 
 
 def _validate_annotation(annotation: dict, json_path: Path, category_ids: set) -> None:
@@ -91,10 +127,17 @@ def load_coco(json_path: Path) -> COCO:
     return coco
 
 
-def _image_roots(path: Path, json_path: Path) -> list[Path]:
+def _image_roots(path: Path, json_path: Path, image_root: str | Path | None) -> list[Path]:
+    if image_root:
+        if not Path(image_root).is_dir():
+            raise DetectorError(f"data.image_root {image_root} is not a folder (the folder COCO's file_name values "
+                                "are relative to)")
+        return [Path(image_root)]
     roots = [json_path.parent, json_path.parent / "images", json_path.parent.parent / "images"]
     if path.is_dir():
         roots.append(path / "images")
+    if json_path.stem.startswith("instances_"):  # COCO's own layout: annotations/instances_train2017.json
+        roots.append(json_path.parent.parent / json_path.stem[len("instances_"):])
     return list(dict.fromkeys(root for root in roots if root.is_dir()))  # keep order, drop duplicates
 
 
@@ -120,8 +163,9 @@ def read_coco(
     classes: list[str] | None = None,
     class_map: dict[str, str] | None = None,
     ignore_classes: list[str] | None = None,
+    image_root: str | Path | None = None,
 ) -> Dataset:
-    """Read a COCO detection dataset; images listed in the JSON but missing on disk are skipped and listed."""
+    """Read a COCO detection dataset (see the module doc for where images are looked up)."""
     path = Path(path)
     if not path.exists():
         raise DetectorError(f"dataset path does not exist: {path}")
@@ -129,7 +173,7 @@ def read_coco(
     coco = load_coco(json_path)
     categories = coco.loadCats(sorted(coco.getCatIds()))
     names = {category["id"]: str(category["name"]) for category in categories}
-    roots = _image_roots(path, json_path)
+    roots = _image_roots(path, json_path, image_root)
     raw_images, missing = [], []
     for image in coco.loadImgs(sorted(coco.getImgIds())):
         image_path = _find_file(image["file_name"], roots)
@@ -142,5 +186,13 @@ def read_coco(
     if not raw_images:
         raise DetectorError(f"no images of {json_path} were found (looked in: {', '.join(map(str, roots))})")
     source_names = list(dict.fromkeys(names[i] for i in sorted(names)))
-    raw = RawDataset(json_path, raw_images, source_names, sort_names=False, labels_without_image=missing)
-    return build_dataset(raw, classes, class_map, ignore_classes)
+    orphans = [str(a["id"]) for a in coco.dataset["annotations"] if a["image_id"] not in coco.imgs]
+    raw = RawDataset(json_path, raw_images, source_names, sort_names=False, missing_images=missing,
+                     orphan_annotations=orphans)
+    dataset = build_dataset(raw, classes, class_map, ignore_classes)
+    # each output class keeps its COCO category id where exactly one source category maps to it
+    sources = {name: [i for i in sorted(names) if (class_map or {}).get(names[i], names[i]) == name]
+               for name in dataset.class_names}
+    if all(len(ids) == 1 for ids in sources.values()):
+        dataset.category_ids = [sources[name][0] for name in dataset.class_names]
+    return dataset

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from detector.data.images import load_image
 from detector.data.transforms import Transform
-from detector.proposals import proposals_for_record
+from detector.data.proposals_file import proposals_for_record
 from detector.structures import Dataset, DetectorError, ImageRecord, Targets
 
 __all__ = ["DetectionDataset", "Sample", "SampleBatch", "build_loader", "collate_samples", "seed_worker"]
@@ -68,7 +68,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     """Samples of a `detector.structures.Dataset` after ``transform``.
 
     ``proposals`` maps an image file's basename (or its image id, as a string) to (P, 4) float32 xyxy boxes
-    in original image pixels, as `detector.proposals.read_proposals_file` returns them; they are transformed
+    in original image pixels, as `detector.data.proposals_file.read_proposals_file` returns them; they are transformed
     with the image. ``seed`` and `set_epoch` make each sample's augmentation reproducible.
     """
 

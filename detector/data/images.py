@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from detector.structures import DetectorError
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image", "load_image_with_info", "read_image_size", "to_rgb8"]
+__all__ = ["IMAGE_EXTENSIONS", "check_image_file", "list_images", "load_image", "load_image_with_info", "read_image_size", "to_rgb8"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -114,8 +114,34 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
+    except Image.DecompressionBombError as error:
+        raise DetectorError(f"image {path} is too large to decode safely ({error})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise _decode_error(path) from error
     if width <= 0 or height <= 0:
         raise _decode_error(path)
     return int(width), int(height)
+
+
+def check_image_file(path: str | Path) -> str | None:
+    """Why an image file cannot be trained on (``"truncated"``, ``"undecodable"``), or None when it can: a cheap test
+    that readers run on every image, so a bad file is skipped and reported before training instead of failing in the
+    middle of an epoch. A JPEG must end with its end-of-image marker, or else decode completely (some cameras append
+    data after the marker); other formats are decoded only where their header is unreadable."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            head = file.read(3)
+            file.seek(max(0, path.stat().st_size - 2))
+            tail = file.read(2)
+    except OSError:
+        return "unreadable"
+    if head == b"\xff\xd8\xff" and tail != b"\xff\xd9":
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Image.DecompressionBombError:
+            return None  # large, not broken: read_image_size names the limit
+        except (OSError, SyntaxError, ValueError):
+            return "truncated"
+    return None

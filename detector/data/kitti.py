@@ -19,12 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from detector.data.images import list_images, read_image_size
-from detector.data.readers import RawDataset, RawImage, RawObject, build_dataset, index_by_stem, parse_numbers
+from detector.data.raw import RawDataset, RawImage, RawObject, build_dataset, index_by_stem, parse_numbers
 from detector.structures import Dataset, DetectorError
 
-__all__ = ["DEFAULT_IGNORE_CLASSES", "DIFFICULTIES", "parse_kitti_label", "read_kitti"]
+__all__ = ["DIFFICULTIES", "parse_kitti_label", "read_kitti"]
 
-DEFAULT_IGNORE_CLASSES = ["DontCare"]
 # level -> (min box height in px, max occlusion level, max truncation), the devkit's values
 DIFFICULTIES = {"easy": (40.0, 0, 0.15), "moderate": (25.0, 1, 0.30), "hard": (25.0, 2, 0.50)}
 
@@ -108,6 +107,4 @@ def read_kitti(
         images_without_labels=sum(key not in labels for key in images),
         labels_without_image=[labels[key].name for key in labels if key not in images],
     )
-    if ignore_classes is None:
-        ignore_classes = DEFAULT_IGNORE_CLASSES
     return build_dataset(raw, classes, class_map, ignore_classes)

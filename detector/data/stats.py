@@ -6,14 +6,17 @@ columns of the evaluation: small < 32^2 <= medium < 96^2 <= large (pixels of the
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from detector.structures import Dataset
+from detector.structures import Dataset, DatasetReport
 
-__all__ = ["AREA_BUCKETS", "area_bucket_counts", "dataset_stats", "format_stats"]
+__all__ = ["AREA_BUCKETS", "area_bucket_counts", "count_converted_images", "dataset_stats", "format_stats",
+           "report_datasets"]
 
 # (name, lower bound inclusive, upper bound exclusive) in square pixels, as in pycocotools' areaRng
 AREA_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, float("inf")))
@@ -60,8 +63,43 @@ def dataset_stats(dataset: Dataset) -> dict:
         "images_with_ignore": sum(int(len(record.ignore) > 0) for record in records),
         "empty_images": sum(int(len(record.boxes) == 0) for record in records),
         "image_sizes": dict(sizes.most_common()),
-        "report": asdict(dataset.report),
+        "report": dataset.report.to_json(),
     }
+
+
+def count_converted_images(dataset: Dataset) -> int:
+    """Images that are not 8-bit RGB (grayscale, palette, RGBA, 16-bit, float), which `load_image` converts, from
+    their headers only; counted into ``dataset.report.converted_images`` with the files in its details."""
+    report = dataset.report
+    report.converted_images = 0
+    report.details.pop("converted_images", None)
+    for record in dataset.records:
+        try:
+            with Image.open(record.image_path) as image:
+                mode = image.mode
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue  # undecodable files are reported when they are loaded
+        if mode != "RGB":
+            report.converted_images += 1
+            report.note("converted_images", f"{record.image_path.name} ({mode})")
+    return report.converted_images
+
+
+def report_datasets(datasets: dict[str, Dataset], out_dir: Path | None = None) -> list[str]:
+    """Print the readers' reports of ``datasets`` (split name -> dataset), one line per kind of change, and write
+    them with the files behind every count to ``out_dir/data_report.json``. Splits filtered from one read share
+    its report and print it once. Returns the printed lines."""
+    groups: dict[int, tuple[list[str], DatasetReport]] = {}
+    for name, dataset in datasets.items():
+        groups.setdefault(id(dataset.report), ([], dataset.report))[0].append(name)
+    lines = [f"data ({'/'.join(names)}): {line}" for names, report in groups.values() for line in report.summary()]
+    for line in lines:
+        print(line)
+    if out_dir is not None:
+        payload = {"/".join(names): report.to_json() for names, report in groups.values()}
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "data_report.json").write_text(json.dumps(payload, indent=2))
+    return lines
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -72,18 +110,7 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def _report_lines(report: dict) -> list[str]:
-    without_image = report["labels_without_image"]
-    lines = [
-        f"  clipped boxes: {report['clipped_boxes']}",
-        f"  degenerate boxes dropped: {report['degenerate_boxes']}",
-        f"  objects of unselected classes dropped: {report['dropped_labels']} "
-        f"(in {report['images_with_dropped_labels']} images)",
-        f"  images without a label file (negatives): {report['images_without_labels']}",
-        f"  label files without an image (skipped): {len(without_image)}"
-        + (f" (first: {without_image[0]})" if without_image else ""),
-        f"  images converted to 8-bit RGB: {report['converted_images']}",
-    ]
-    return lines
+    return ["  " + line for line in report["summary"]] or ["  nothing changed or dropped"]
 
 
 def format_stats(stats: dict) -> str:

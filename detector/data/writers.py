@@ -2,16 +2,20 @@
 
 Layouts (the readers' defaults, so ``read_dataset(dst, fmt)`` needs no options):
 
-- coco:  ``dst/images/NAME`` + ``dst/annotations.json``; bbox ``[x, y, w, h]``, ignore regions as ``iscrowd: 1``;
-- voc:   ``dst/JPEGImages/NAME`` + ``dst/Annotations/STEM.xml``; 1-based pixel coordinates (the reader subtracts
-  `VOC_PIXEL_OFFSET`), ignore regions as ``<difficult>1</difficult>`` objects;
+- coco:  ``dst/images/NAME`` + ``dst/annotations.json``; bbox ``[x, y, w, h]``, ignore regions as ``iscrowd: 1``
+  annotations of their own category ``DontCare``;
+- voc:   ``dst/JPEGImages/NAME`` + ``dst/Annotations/STEM.xml``; 1-based inclusive pixel indices (x1 + 1, y1 + 1,
+  x2, y2, which the reader's "1-based" convention inverts), ignore regions as ``DontCare`` objects with
+  ``<difficult>1</difficult>``;
 - yolo:  ``dst/images/NAME`` + ``dst/labels/STEM.txt`` + ``dst/classes.txt`` + ``dst/data.yaml``; YOLO has no
   ignore regions, so they are dropped with a logged warning;
 - kitti: ``dst/training/image_2/NAME`` + ``dst/training/label_2/STEM.txt``; ignore regions as ``DontCare``.
 
-Ignore regions have no class, but COCO crowd and VOC difficult objects need one: they are written under the
-first class, which the readers turn back into ignore regions (an ignored object of a selected class).
-Images are hard-linked when possible, else copied. The dataset is written into a temporary folder next to
+Ignore regions have no class ("unlabelled, any class", as KITTI's DontCare says), so they are written under the
+category ``DontCare``, never under a real class: a tool that honours neither ``iscrowd`` nor ``difficult`` then
+reads a DontCare object, not a phantom car, and every reader here takes ``DontCare`` back as ignore regions.
+Images are copied (``link=True`` hard-links them instead: no copy, but editing one edits the other). The dataset is
+written into a temporary folder next to
 ``dst`` and renamed at the end, so a failed conversion leaves nothing behind; a non-empty ``dst`` is refused.
 """
 
@@ -31,7 +35,7 @@ import numpy as np
 import yaml
 
 from detector.boxes import xyxy_to_cxcywh_norm, xyxy_to_xywh
-from detector.data.voc import VOC_PIXEL_OFFSET
+from detector.data.raw import IGNORE_CATEGORY
 from detector.structures import Dataset, DetectorError, ImageRecord
 
 __all__ = ["WRITE_FORMATS", "write_dataset"]
@@ -39,7 +43,7 @@ __all__ = ["WRITE_FORMATS", "write_dataset"]
 log = logging.getLogger(__name__)
 
 WRITE_FORMATS = ("coco", "voc", "yolo", "kitti")
-KITTI_IGNORE = "DontCare"
+KITTI_IGNORE = IGNORE_CATEGORY
 # KITTI's "unknown" values for the fields a 2D dataset does not have: truncated, occluded, alpha,
 # and after the box: dimensions h w l, location x y z, rotation_y.
 _KITTI_UNKNOWN_HEAD = "-1 -1 -10"
@@ -64,26 +68,29 @@ def _file_names(records: list[ImageRecord]) -> list[str]:
     return names
 
 
-def _place_image(source: Path, target: Path) -> None:
-    """Hard-link ``source`` at ``target`` (no copy, same bytes), or copy it where linking is impossible."""
+def _place_image(source: Path, target: Path, link: bool) -> None:
+    """Copy ``source`` to ``target``; with ``link``, hard-link it (same bytes, no copy) where the file system can."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or links not supported
-        shutil.copy2(source, target)
+    if link:
+        try:
+            os.link(source, target)
+            return
+        except OSError:  # another file system, or links not supported
+            pass
+    shutil.copy2(source, target)
 
 
-def _ignore_name(dataset: Dataset, fmt: str) -> str | None:
-    """The class ignore regions are written under in COCO / VOC (None when the dataset has no classes)."""
-    if any(len(record.ignore) for record in dataset.records) and not dataset.class_names:
-        raise DetectorError(f"cannot write ignore regions in {fmt} format for a dataset without classes")
-    return dataset.class_names[0] if dataset.class_names else None
+def _check_ignore_name(dataset: Dataset, fmt: str) -> None:
+    if IGNORE_CATEGORY in dataset.class_names:
+        raise DetectorError(f"class name {IGNORE_CATEGORY!r} is reserved for ignore regions in {fmt} files; rename "
+                            "that class (data.class_map)")
 
 
-def _coco_annotations(record: ImageRecord, image_id: int, first_id: int) -> list[dict]:
-    """COCO annotations of one image: its boxes, then its ignore regions as crowd objects of the first class."""
+def _coco_annotations(record: ImageRecord, image_id: int, first_id: int, ignore_id: int) -> list[dict]:
+    """COCO annotations of one image: its boxes, then its ignore regions as crowd objects of category DontCare
+    (id ``ignore_id``)."""
     crowd = [0] * len(record.boxes) + [1] * len(record.ignore)
-    categories = record.labels.tolist() + [1] * len(record.ignore)
+    categories = record.labels.tolist() + [ignore_id] * len(record.ignore)
     boxes = np.concatenate([record.boxes, record.ignore])  # (M + G, 4) xyxy
     annotations = []
     for box, xywh, category, iscrowd in zip(boxes.tolist(), xyxy_to_xywh(boxes).tolist(), categories, crowd):
@@ -100,18 +107,21 @@ def _coco_annotations(record: ImageRecord, image_id: int, first_id: int) -> list
     return annotations
 
 
-def _write_coco(dataset: Dataset, root: Path, names: list[str], final: Path) -> None:
+def _write_coco(dataset: Dataset, root: Path, names: list[str], final: Path, link: bool) -> None:
     ids = [int(record.image_id) for record in dataset.records]
     if len(set(ids)) != len(ids):
         ids = list(range(1, len(ids) + 1))  # COCO needs unique image ids
-    _ignore_name(dataset, "coco")
+    _check_ignore_name(dataset, "coco")
+    ignore_id = len(dataset.class_names) + 1
     images, annotations = [], []
     for image_id, record, name in zip(ids, dataset.records, names):
-        _place_image(record.image_path, root / "images" / name)
+        _place_image(record.image_path, root / "images" / name, link)
         images.append({"id": image_id, "file_name": name, "width": record.width, "height": record.height})
         # annotation ids start at 1: pycocotools' matcher reads a ground-truth id of 0 as "unmatched"
-        annotations += _coco_annotations(record, image_id, first_id=len(annotations) + 1)
+        annotations += _coco_annotations(record, image_id, len(annotations) + 1, ignore_id)
     categories = [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(dataset.class_names)]
+    if any(len(record.ignore) for record in dataset.records):
+        categories.append({"id": ignore_id, "name": IGNORE_CATEGORY, "supercategory": "ignore"})
     content = {
         "info": {"description": f"written by detector from {len(images)} images"},
         "images": images,
@@ -128,14 +138,15 @@ def _voc_object(parent: ET.Element, name: str, box: list[float], difficult: bool
     ET.SubElement(obj, "truncated").text = "0"
     ET.SubElement(obj, "difficult").text = "1" if difficult else "0"
     bndbox = ET.SubElement(obj, "bndbox")
-    for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
-        ET.SubElement(bndbox, tag).text = _number(value + VOC_PIXEL_OFFSET)  # 0-based -> VOC's 1-based pixels
+    x1, y1, x2, y2 = box
+    for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), (x1 + 1, y1 + 1, x2, y2)):  # VOC's 1-based pixels
+        ET.SubElement(bndbox, tag).text = _number(value)
 
 
-def _write_voc(dataset: Dataset, root: Path, names: list[str], final: Path) -> None:
-    ignore_name = _ignore_name(dataset, "voc")
+def _write_voc(dataset: Dataset, root: Path, names: list[str], final: Path, link: bool) -> None:
+    _check_ignore_name(dataset, "voc")
     for record, name in zip(dataset.records, names):
-        _place_image(record.image_path, root / "JPEGImages" / name)
+        _place_image(record.image_path, root / "JPEGImages" / name, link)
         annotation = ET.Element("annotation")
         ET.SubElement(annotation, "folder").text = "JPEGImages"
         ET.SubElement(annotation, "filename").text = name
@@ -146,17 +157,17 @@ def _write_voc(dataset: Dataset, root: Path, names: list[str], final: Path) -> N
         for box, label in zip(record.boxes.tolist(), record.labels.tolist()):
             _voc_object(annotation, dataset.class_names[label - 1], box, difficult=False)
         for box in record.ignore.tolist():
-            _voc_object(annotation, ignore_name, box, difficult=True)
+            _voc_object(annotation, IGNORE_CATEGORY, box, difficult=True)
         ET.indent(annotation)
         xml_path = root / "Annotations" / f"{Path(name).stem}.xml"
         xml_path.parent.mkdir(parents=True, exist_ok=True)
         ET.ElementTree(annotation).write(xml_path, encoding="utf-8", xml_declaration=False)
 
 
-def _write_yolo(dataset: Dataset, root: Path, names: list[str], final: Path) -> None:
+def _write_yolo(dataset: Dataset, root: Path, names: list[str], final: Path, link: bool) -> None:
     (root / "labels").mkdir(parents=True)
     for record, name in zip(dataset.records, names):
-        _place_image(record.image_path, root / "images" / name)
+        _place_image(record.image_path, root / "images" / name, link)
         normalized = xyxy_to_cxcywh_norm(record.boxes, record.width, record.height)  # (M, 4) cx cy w h in [0, 1]
         lines = [
             f"{label - 1} " + " ".join(f"{v:.6f}" for v in row)  # YOLO class ids are 0-based
@@ -173,14 +184,14 @@ def _write_yolo(dataset: Dataset, root: Path, names: list[str], final: Path) -> 
         log.warning("YOLO cannot express ignore regions: %d ignore regions were not written to %s", dropped, final)
 
 
-def _write_kitti(dataset: Dataset, root: Path, names: list[str], final: Path) -> None:
+def _write_kitti(dataset: Dataset, root: Path, names: list[str], final: Path, link: bool) -> None:
     for class_name in dataset.class_names:
         if not class_name or class_name != "".join(class_name.split()) or class_name == KITTI_IGNORE:
             raise DetectorError(
                 f"class name {class_name!r} cannot be written as a KITTI type (no spaces, not {KITTI_IGNORE!r})"
             )
     for record, name in zip(dataset.records, names):
-        _place_image(record.image_path, root / "training" / "image_2" / name)
+        _place_image(record.image_path, root / "training" / "image_2" / name, link)
         kinds = [dataset.class_names[label - 1] for label in record.labels.tolist()] + [KITTI_IGNORE] * len(
             record.ignore
         )
@@ -194,7 +205,7 @@ def _write_kitti(dataset: Dataset, root: Path, names: list[str], final: Path) ->
         label_path.write_text("".join(lines))
 
 
-_WRITERS: dict[str, Callable[[Dataset, Path, list[str], Path], None]] = {
+_WRITERS: dict[str, Callable[[Dataset, Path, list[str], Path, bool], None]] = {
     "coco": _write_coco,
     "voc": _write_voc,
     "yolo": _write_yolo,
@@ -205,8 +216,6 @@ _WRITERS: dict[str, Callable[[Dataset, Path, list[str], Path], None]] = {
 def _warn_class_list(dataset: Dataset, fmt: str) -> None:
     """VOC and KITTI store no class list: readers see the classes that have objects, sorted by name."""
     used = {dataset.class_names[label - 1] for record in dataset.records for label in record.labels.tolist()}
-    if fmt == "voc" and any(len(record.ignore) for record in dataset.records):
-        used.add(dataset.class_names[0])  # ignore regions are written under the first class
     if sorted(used) != list(dataset.class_names):
         log.warning(
             "%s stores no class list: the classes will read back as %s instead of %s (labels renumbered)",
@@ -221,12 +230,13 @@ def _check_destination(dst: Path) -> None:
         raise DetectorError(f"conversion destination {dst} is not empty; choose a new folder (nothing is overwritten)")
 
 
-def write_dataset(dataset: Dataset, dst: str | Path, fmt: str) -> Path:
+def write_dataset(dataset: Dataset, dst: str | Path, fmt: str, link: bool = False) -> Path:
     """Write ``dataset`` to the new folder ``dst`` in format ``fmt`` (coco | voc | yolo | kitti); returns ``dst``.
 
     Boxes go in as stored (pixel xyxy, labels 1..K) and come back identical from
     ``read_dataset(dst, fmt)`` up to each format's precision (0.005 px for VOC / KITTI, 1e-6 of the image
     size for YOLO); see the module docstring for layouts, ignore regions and what YOLO cannot express.
+    Images are copied, or hard-linked with ``link`` (then editing a converted image edits its source).
     Raises DetectorError for an unknown format or a ``dst`` that exists and is not an empty folder.
     """
     if fmt not in _WRITERS:
@@ -239,7 +249,7 @@ def write_dataset(dataset: Dataset, dst: str | Path, fmt: str) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".partial"))
     try:
-        _WRITERS[fmt](dataset, staging, names, dst)
+        _WRITERS[fmt](dataset, staging, names, dst, link)
         _check_destination(dst)  # nothing appeared there while writing
         if dst.is_dir():
             dst.rmdir()

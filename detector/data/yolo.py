@@ -13,6 +13,7 @@ its header (no pixel decode). Class names come from ``names_file``, else from a 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,10 @@ import yaml
 
 from detector.boxes import cxcywh_norm_to_xyxy
 from detector.data.images import list_images, read_image_size
-from detector.data.readers import RawDataset, RawImage, RawObject, build_dataset, index_by_stem, parse_numbers
+from detector.data.raw import RawDataset, RawImage, RawObject, build_dataset, index_by_stem, parse_numbers
 from detector.structures import Dataset, DetectorError
 
-__all__ = ["NAMES_CANDIDATES", "parse_yolo_label", "read_class_names", "read_yolo"]
+__all__ = ["NAMES_CANDIDATES", "declared_split_filters", "parse_yolo_label", "read_class_names", "read_yolo"]
 
 NAMES_CANDIDATES = ("data.yaml", "dataset.yaml", "classes.txt", "names.txt", "labels/classes.txt")
 
@@ -44,6 +45,43 @@ def _names_from_yaml(path: Path) -> list[str]:
     if not isinstance(names, list) or not names:
         raise DetectorError(f"{path}: expected a 'names:' list or id -> name mapping")
     return [str(name) for name in names]
+
+
+def declared_split_filters(path: str | Path, names_file: str | Path | None = None) -> dict[str, str]:
+    """The train / val / test folders an Ultralytics data.yaml declares (``val: images/val``), as regular expressions
+    on image paths relative to the dataset folder ``path`` (`detector.data.build.filter_records`). Splits that name
+    the same folders as train are left out (a single-folder dataset declares no validation split); {} without a
+    data.yaml. An entry that is an image-list .txt file or lies outside the dataset folder is refused."""
+    path = Path(path)
+    candidates = [Path(names_file)] if names_file and Path(names_file).suffix.lower() in (".yaml", ".yml") else \
+        [path / "data.yaml", path / "dataset.yaml"]
+    yaml_path = next((p for p in candidates if p.is_file()), None)
+    if yaml_path is None:
+        return {}
+    try:
+        content = yaml.safe_load(yaml_path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise DetectorError(f"cannot read {yaml_path}: {error}") from None
+    if not isinstance(content, dict):
+        return {}
+    folders: dict[str, list[str]] = {}
+    for split in ("train", "val", "test"):
+        entries = content.get(split)
+        if entries is None:
+            continue
+        for entry in entries if isinstance(entries, list) else [entries]:
+            folder = (path / str(entry)).resolve()
+            if str(entry).endswith(".txt"):
+                raise DetectorError(f"{yaml_path}: '{split}: {entry}' is an image list; list the split's folders "
+                                    "(for example images/val) or set data.val_filter")
+            try:
+                relative = folder.relative_to(path.resolve()).as_posix()
+            except ValueError:
+                raise DetectorError(f"{yaml_path}: '{split}: {entry}' is outside the dataset folder {path}") from None
+            folders.setdefault(split, []).append(relative)
+    train = sorted(folders.get("train", []))
+    return {split: "^(" + "|".join(re.escape(f) + "/" for f in names) + ")"
+            for split, names in folders.items() if split == "train" or sorted(names) != train}
 
 
 def read_class_names(names_file: str | Path) -> list[str]:
@@ -85,6 +123,9 @@ def parse_yolo_label(label_path: Path) -> tuple[np.ndarray, np.ndarray]:
         values = parse_numbers(fields, where, _FIELDS)
         if values[0] < 0 or not values[0].is_integer():
             raise DetectorError(f"{where}: class id must be a non-negative integer, got {fields[0]!r}")
+        if not all(0.0 <= v <= 1.0 for v in values[1:]):  # Ultralytics refuses these too
+            raise DetectorError(f"{where}: cx cy w h must be normalized to [0, 1] by the image size, got "
+                                f"{' '.join(fields[1:])} (pixel values? divide by the image width and height)")
         ids.append(int(values[0]))
         rows.append(values[1:])
     return np.asarray(ids, dtype=np.int64), np.asarray(rows, dtype=np.float64).reshape(-1, 4)

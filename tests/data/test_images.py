@@ -135,3 +135,37 @@ def test_list_images_matches_extensions_case_insensitively(tmp_path):
         "d.jpeg",
         "sub/e.png",
     ]
+
+
+def test_truncated_jpeg_is_skipped_and_reported_by_the_reader(tmp_path):
+    """A JPEG with a valid header and missing data passed the header check and failed mid-epoch."""
+    from detector.data.images import check_image_file
+    from detector.data.readers import read_dataset
+
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("good", "cut"):
+        assert cv2.imwrite(str(root / "images" / f"{name}.jpg"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        (root / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    data = (root / "images" / "cut.jpg").read_bytes()
+    (root / "images" / "cut.jpg").write_bytes(data[: len(data) // 3])
+    assert read_image_size(root / "images" / "cut.jpg") == (64, 64)  # the header alone looks fine
+    assert check_image_file(root / "images" / "cut.jpg") == "truncated"
+    assert check_image_file(root / "images" / "good.jpg") is None
+    (root / "images" / "extra.jpg").write_bytes((root / "images" / "good.jpg").read_bytes() + b"camera trailer")
+    assert check_image_file(root / "images" / "extra.jpg") is None  # data after the end marker is harmless
+    dataset = read_dataset(root, "yolo")
+    assert sorted(r.image_path.name for r in dataset.records) == ["extra.jpg", "good.jpg"]
+    assert dataset.report.unreadable_images == ["cut.jpg (truncated)"]
+
+
+def test_decompression_bomb_is_one_sentence(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = tmp_path / "big.png"
+    assert cv2.imwrite(str(path), np.zeros((100, 100, 3), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 10000 pixels > 2x the limit: PIL refuses
+    with pytest.raises(DetectorError, match=r"image .*big.png is too large to decode safely"):
+        read_image_size(path)

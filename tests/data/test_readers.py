@@ -199,6 +199,8 @@ def test_yolo_names_from_yaml_dict_or_class_ids(yolo, tmp_path):
     "line, message",
     [
         ("0 0.5 abc 0.2 0.4", r"a.txt:2: expected numbers \(class cx cy w h\), got 'abc'"),
+        ("0 320 240 64 48", r"a.txt:2: cx cy w h must be normalized to \[0, 1\] by the image size, got 320 240 64 48"),
+        ("0 0.5 0.5 -0.2 0.4", r"a.txt:2: cx cy w h must be normalized"),
         ("0 0.5 0.5 0.2", r"a.txt:2: expected 5 fields \(class cx cy w h\), got 4"),
         ("1.5 0.5 0.5 0.2 0.2", r"a.txt:2: class id must be a non-negative integer, got '1.5'"),
         ("4 0.5 0.5 0.2 0.2", r"a.txt: class id 4 is out of range for 2 class names"),
@@ -232,9 +234,9 @@ def test_degenerate_boxes_are_dropped_and_counted(kitti):
     "options, message",
     [
         ({"classes": ["Bus"]}, r"class 'Bus' in classes does not exist in the data; available: Car, Van"),
-        (
-            {"class_map": {"car": "vehicle"}},
-            r"class 'car' in class_map does not exist in the data; available: Car, DontCare, Van",
+        (  # a misspelt class_map key shows through the class it should have produced
+            {"class_map": {"car": "vehicle"}, "classes": ["vehicle"]},
+            r"class 'vehicle' in classes does not exist in the data; available: Car, Van",
         ),
         ({"classes": ["Car", "Car"]}, r"classes lists a name more than once"),
         ({"classes": []}, r"classes is empty; pick at least one of: Car, Van"),
@@ -245,14 +247,33 @@ def test_unknown_or_repeated_class_names_are_errors(kitti, options, message):
         read_dataset(kitti, "kitti", **options)
 
 
-def test_voc_subtracts_one_marks_difficult_as_ignore_and_reads_size_from_header(voc):
+def test_class_map_names_a_subset_lacks_are_unused(kitti):
+    """Evaluating on a few KITTI frames without a Van must not fail on {Van: Car} (as ignore_classes)."""
+    dataset = read_dataset(kitti, "kitti", class_map={"Van": "Car", "Tram": "Car"}, classes=["Car"])
+    assert dataset.class_names == ["Car"] and sum(len(r.boxes) for r in dataset.records) > 0
+
+
+def test_voc_reads_one_based_pixels_as_detectron2_marks_difficult_as_ignore_and_reads_size_from_header(voc):
+    """1-based inclusive pixels 11..51 cover the continuous 0-based extent [10, 51)."""
     dataset = read_dataset(voc, "voc")
     assert dataset.class_names == ["bus", "car"]
     record = dataset.records[0]
-    np.testing.assert_allclose(record.boxes, [[10, 20, 50, 60]])
+    np.testing.assert_allclose(record.boxes, [[10, 20, 51, 61]])
     assert record.labels.tolist() == [2]
-    np.testing.assert_allclose(record.ignore, [[0, 0, 19, 19]])
+    np.testing.assert_allclose(record.ignore, [[0, 0, 20, 20]])
     assert (record.width, record.height) == (80, 70)
+    np.testing.assert_allclose(read_dataset(voc, "voc", voc_coordinates="0-based").records[0].boxes, [[11, 21, 51, 61]])
+
+
+def test_voc_with_a_box_at_zero_is_read_as_zero_based_with_a_warning(voc):
+    _text(voc / "Annotations/a.xml", _voc_xml("a.jpg", 80, 70, [("car", 0, 5, 30, 40, 0)]))
+    with pytest.warns(UserWarning, match=r"1 VOC boxes in .* start at 0 \(first: a.jpg\).*read as 0-based"):
+        dataset = read_dataset(voc, "voc")
+    np.testing.assert_allclose(dataset.records[0].boxes, [[0, 5, 30, 40]])
+    assert dataset.report.clipped_boxes == 0
+    _text(voc / "Annotations/a.xml", _voc_xml("a.jpg", 80, 70, [("car", 1, "inf", 30, 40, 0)]))
+    with pytest.raises(DetectorError, match=r"a.xml: <object> 1 \('car'\) needs finite numeric <bndbox>"):
+        read_dataset(voc, "voc")
 
 
 def test_voc_matches_by_filename_when_the_xml_basename_differs(voc):
@@ -281,6 +302,12 @@ def test_coco_converts_xywh_orders_by_category_id_and_keeps_image_ids(coco):
     assert len(y.boxes) == 0
 
 
+def test_coco_keeps_its_category_ids_for_the_saved_results(coco):
+    assert read_dataset(coco, "coco").category_ids == [1, 3]  # car, truck
+    assert read_dataset(coco, "coco", classes=["truck"]).category_ids == [3]
+    assert read_dataset(coco, "coco", class_map={"truck": "car"}).category_ids is None  # two sources: 1..K
+
+
 def test_coco_json_file_annotations_folder_and_missing_images(coco):
     assert len(read_dataset(coco / "annotations.json", "coco").records) == 2
     (coco / "annotations").mkdir()
@@ -288,7 +315,39 @@ def test_coco_json_file_annotations_folder_and_missing_images(coco):
     (coco / "images/y.png").unlink()
     dataset = read_dataset(coco, "coco")
     assert [r.image_id for r in dataset.records] == [7]
-    assert dataset.report.labels_without_image == ["y.png"]
+    assert dataset.report.missing_images == ["y.png"] and dataset.report.labels_without_image == []
+    assert dataset.report.summary() == ["1 images listed by the annotations are missing on disk and were skipped "
+                                        "(first: y.png)"]
+
+
+def test_coco_annotation_of_an_unlisted_image_is_dropped_and_counted(coco):
+    content = json.loads((coco / "annotations.json").read_text())
+    content["annotations"].append({"id": 8, "image_id": 42, "category_id": 1, "bbox": [1, 1, 5, 5]})
+    (coco / "annotations.json").write_text(json.dumps(content))
+    dataset = read_dataset(coco, "coco")
+    assert sum(len(r.boxes) for r in dataset.records) == 2  # image 7's car and truck, as before
+    assert dataset.report.orphan_annotations == 1 and dataset.report.details["orphan_annotations"] == ["8"]
+    assert any("1 annotations refer to an image id the file does not list" in line for line in dataset.report.summary())
+
+
+def test_coco_image_root_as_in_coco_itself(coco, tmp_path):
+    """COCO's own layout: annotations/instances_train2017.json beside train2017/; or data.image_root anywhere."""
+    root = tmp_path / "coco2017"
+    (root / "annotations").mkdir(parents=True)
+    (coco / "annotations.json").rename(root / "annotations/instances_train2017.json")
+    (coco / "images").rename(root / "train2017")
+    assert len(read_dataset(root / "annotations/instances_train2017.json", "coco").records) == 2
+    (root / "annotations/instances_train2017.json").rename(root / "annotations/mine.json")
+    elsewhere = tmp_path / "pictures"
+    (root / "train2017").rename(elsewhere)
+    assert len(read_dataset(root, "coco", image_root=str(elsewhere)).records) == 2
+    with pytest.raises(DetectorError, match="no images of .*mine.json were found"):
+        read_dataset(root, "coco")
+    with pytest.raises(DetectorError, match="data.image_root .*nowhere is not a folder"):
+        read_dataset(root, "coco", image_root=str(tmp_path / "nowhere"))
+    config = load_config(None, ["data.format=coco", f"data.train_path={root}", f"data.image_root={elsewhere}",
+                                "data.val_filter=^x", "model.class_names=[car]"])
+    assert [r.image_path.name for r in build_split(config, "val").records] == ["x.png"]
 
 
 BAD_BBOX_ANNOTATION = {"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 2]}
@@ -304,6 +363,13 @@ BAD_BBOX_ANNOTATION = {"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 2]}
             json.dumps({"images": [], "categories": [], "annotations": [BAD_BBOX_ANNOTATION]}),
             r"annotation id 5 has bbox \[1, 2\], expected \[x, y, width, height\]",
         ),
+        (json.dumps({"images": [{"id": "1", "file_name": "x.png"}], "categories": []}),
+         r"images\[0\] has id '1'; expected an integer"),
+        (json.dumps({"images": [{"id": 1, "file_name": "x.png", "width": "abc"}], "categories": []}),
+         r"images\[0\] has width 'abc'; expected a non-negative number of pixels"),
+        (json.dumps({"images": [], "categories": [{"id": 1, "name": "car"}],
+                     "annotations": [{"id": 5, "image_id": "7", "category_id": 1, "bbox": [1, 2, 3, 4]}]}),
+         r"annotations\[0\] has image_id '7'; expected an integer"),
     ],
 )
 def test_coco_bad_json_names_the_file(coco, content, message):
@@ -381,10 +447,17 @@ def test_kitti_cars_config_scores_validation_at_hard_and_trains_on_every_car(sha
     assert sum(len(r.ignore) for r in test.records) == sum(len(by_name[r.image_path.name].ignore) for r in test.records) + 7
 
 
-def test_drone_cars_yolo_and_voc_give_identical_boxes(shared_data):
+def test_drone_cars_voc_is_zero_based_and_its_yolo_labels_are_one_pixel_up_left(shared_data):
+    """drone_cars' XML has 435 boxes starting at 0 on x or y: read as 0-based, no box leaves the image; its YOLO
+    labels are the same boxes minus 1 on all four sides (which the YOLO reader clips at 0)."""
     root = shared_data / "drone_cars"
     from_yolo = read_dataset(root, "yolo", class_map={"0": "car"})
-    from_voc = read_dataset(root, "voc")
+    with pytest.warns(UserWarning, match="435 VOC boxes .* start at 0"):
+        zero_based = read_dataset(root, "voc")
+    assert zero_based.report.clipped_boxes == 0 and from_yolo.report.clipped_boxes == 435
+    from_voc = read_dataset(root, "voc", voc_coordinates="0-based")
+    for record in from_voc.records:
+        record.boxes = np.maximum(record.boxes - 1, 0)
     assert from_yolo.class_names == from_voc.class_names == ["car"]
     for dataset in (from_yolo, from_voc):
         assert len(dataset.records) == 1055 and sum(len(r.boxes) for r in dataset.records) == 4828
@@ -394,3 +467,39 @@ def test_drone_cars_yolo_and_voc_give_identical_boxes(shared_data):
         other = voc_by_name[record.image_path.name]
         np.testing.assert_allclose(record.boxes, other.boxes, atol=1e-3, err_msg=record.image_path.name)
         assert record.labels.tolist() == other.labels.tolist()
+
+
+def _yolo_config(root: Path, *overrides: str):
+    return load_config(None, ["data.format=yolo", f"data.train_path={root}", "model.class_names=[car]", *overrides])
+
+
+def test_a_config_without_a_validation_split_is_refused(yolo):
+    """An empty data.val_filter with no separate data.val_path used to validate on the training images."""
+    for val_path in ("", str(yolo)):
+        with pytest.raises(DetectorError, match="the config has no validation split: data.val_filter is empty"):
+            build_datasets(_yolo_config(yolo, f"data.val_path={val_path}"))
+    train, val = build_datasets(_yolo_config(yolo, "data.val_filter=^b"))
+    assert [r.image_path.name for r in train.records] == ["a.png"] and [r.image_path.name for r in val.records] == ["b.png"]
+
+
+def test_ultralytics_split_folders_and_filters_on_relative_paths(tmp_path):
+    """images/train + images/val with data.yaml's train: / val: / test: keys, as Ultralytics lays datasets out."""
+    root = tmp_path / "ultra"
+    for split, names in (("train", ("a", "b")), ("val", ("c",)), ("test", ("d",))):
+        for name in names:
+            _image(root / f"images/{split}/{name}.png", 64, 48)
+            _text(root / f"labels/{split}/{name}.txt", "0 0.5 0.5 0.2 0.2")
+    _text(root / "data.yaml", "path: .", "train: images/train", "val: images/val", "test: [images/test]",
+          "names: {0: car}")
+    config = _yolo_config(root, "data.val_path=")
+    names = {split: sorted(r.image_path.name for r in build_split(config, split).records) for split in ("train", "val", "test")}
+    assert names == {"train": ["a.png", "b.png"], "val": ["c.png"], "test": ["d.png"]}
+    # a filter matches the path relative to the dataset folder as well as the file name
+    config = _yolo_config(root, "data.val_filter=^images/(val|test)/", "data.train_filter=^images/train/")
+    assert sorted(r.image_path.name for r in build_split(config, "val").records) == ["c.png", "d.png"]
+    _text(root / "data.yaml", "train: images/train", "val: lists/val.txt", "names: [car]")
+    with pytest.raises(DetectorError, match=r"data.yaml: 'val: lists/val.txt' is an image list"):
+        build_split(_yolo_config(root, "data.val_path="), "val")
+    _text(root / "data.yaml", "train: images", "val: images", "names: [car]")  # one folder: no validation split
+    with pytest.raises(DetectorError, match="the config has no validation split"):
+        build_split(_yolo_config(root, "data.val_path="), "val")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+import cv2
 import numpy as np
 import pytest
 
+from detector.cli import main
 from detector.data.readers import read_dataset
-from detector.data.stats import area_bucket_counts, dataset_stats, format_stats
+from detector.data.stats import area_bucket_counts, count_converted_images, dataset_stats, format_stats, report_datasets
 from detector.structures import Dataset, DatasetReport, ImageRecord
 
 
@@ -63,9 +67,33 @@ def test_format_stats_is_readable_text(dataset):
     assert rows["car"] == ["2", "1", "1", "1", "0"]
     assert rows["truck"] == ["2", "2", "1", "0", "1"]
     assert rows["total"] == ["4", "2", "1", "1"]
-    assert "  clipped boxes: 2" in lines
-    assert "  objects of unselected classes dropped: 3 (in 1 images)" in lines
-    assert "  label files without an image (skipped): 1 (first: x.txt)" in lines
+    report = lines[lines.index("reader report:") + 1:]
+    assert report == ["  2 boxes extended outside their image and were clipped",
+                      "  3 objects of classes not selected were dropped, in 1 images",
+                      "  1 label files have no image and were skipped (first: x.txt)"]
+
+
+def test_train_eval_and_convert_print_the_readers_report_and_save_its_details(tmp_path, capsys):
+    """The report `data stats` shows is printed by every command that reads data, with the files behind each count
+    in data_report.json; splits filtered from one read print it once."""
+    root = tmp_path / "yolo"
+    for name, label in (("a.png", "0 0.95 0.5 0.2 0.2\n"), ("b.png", "0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.1 0.1\n")):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "labels").mkdir(exist_ok=True)
+        cv2.imwrite(str(root / "images" / name), np.zeros((40, 40, 3), np.uint8))
+        (root / "labels" / name.replace(".png", ".txt")).write_text(label)
+    (root / "classes.txt").write_text("car\ntruck\n")
+    dataset = read_dataset(root, "yolo", classes=["car"])
+    lines = report_datasets({"train": dataset, "val": dataset}, tmp_path / "run")
+    assert lines == ["data (train/val): 1 boxes extended outside their image and were clipped (first: a.png)",
+                     "data (train/val): 1 objects of classes not selected were dropped, in 1 images (first: b.png)"]
+    assert capsys.readouterr().out.splitlines() == lines
+    saved = json.loads((tmp_path / "run" / "data_report.json").read_text())["train/val"]
+    assert saved["details"] == {"clipped_boxes": ["a.png"], "dropped_labels": ["b.png"]}
+    cv2.imwrite(str(root / "images" / "b.png"), np.zeros((40, 40), np.uint8))  # grayscale: converted when loaded
+    assert count_converted_images(dataset) == 1 and dataset.report.details["converted_images"] == ["b.png (L)"]
+    assert main(["convert", "--from", "yolo", "--to", "coco", str(root), str(tmp_path / "coco")]) == 0
+    assert "data (source): 1 boxes extended outside their image and were clipped" in capsys.readouterr().out
 
 
 def test_stats_of_an_empty_dataset_do_not_crash():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,6 +54,34 @@ def test_kitti_to_coco_reads_back_like_kitti(shared_data: Path, tmp_path: Path) 
     _assert_same(kitti, read_dataset(out, "coco"), atol=1e-3)
 
 
+def test_dontcare_is_its_own_category_for_a_reader_that_ignores_crowds(shared_data: Path, tmp_path: Path) -> None:
+    """KITTI's DontCare regions go into COCO under category DontCare, not Car: a reader that honours no iscrowd flag
+    (plain json here, like supervision's from_coco) counts exactly KITTI's cars, and ours reads them back as ignore."""
+    kitti = read_dataset(shared_data / "kitti_tiny", "kitti", class_map={"Van": "Car"})
+    cars, regions = sum(len(r.boxes) for r in kitti.records), sum(len(r.ignore) for r in kitti.records)
+    out = write_dataset(kitti, tmp_path / "coco", "coco")
+    content = json.loads((out / "annotations.json").read_text())
+    name_of = {c["id"]: c["name"] for c in content["categories"]}
+    per_name = Counter(name_of[a["category_id"]] for a in content["annotations"])
+    assert regions > 100 and per_name["DontCare"] == regions
+    assert sum(per_name[name] for name in kitti.class_names) == cars
+    assert not any(a["iscrowd"] and name_of[a["category_id"]] != "DontCare" for a in content["annotations"])
+    back = read_dataset(out, "coco", class_map={"Van": "Car"})
+    assert back.class_names == kitti.class_names and sum(len(r.ignore) for r in back.records) == regions
+    voc = write_dataset(kitti, tmp_path / "voc", "voc")
+    names = Counter(o.findtext("name") for xml in (voc / "Annotations").glob("*.xml") for o in ET.parse(xml).iter("object"))
+    assert names["DontCare"] == regions
+
+
+def test_images_are_copied_unless_linking_is_asked_for(tmp_path: Path) -> None:
+    dataset = _synthetic(tmp_path)
+    copied = write_dataset(dataset, tmp_path / "copy", "coco") / "images" / "frame_0.png"
+    linked = write_dataset(dataset, tmp_path / "link", "coco", link=True) / "images" / "frame_0.png"
+    source = dataset.records[0].image_path
+    assert copied.read_bytes() == source.read_bytes() and not copied.samefile(source)
+    assert linked.samefile(source)
+
+
 def test_kitti_to_kitti_and_voc_keep_ignore_regions(shared_data: Path, tmp_path: Path) -> None:
     kitti = read_dataset(shared_data / "kitti_tiny", "kitti")
     for fmt in ("kitti", "voc"):  # coordinates are written with 2 decimals
@@ -61,16 +91,16 @@ def test_kitti_to_kitti_and_voc_keep_ignore_regions(shared_data: Path, tmp_path:
 def test_drone_yolo_to_voc_matches_yolo_and_the_original_xml(drone: Dataset, shared_data: Path, tmp_path: Path) -> None:
     out = write_dataset(drone, tmp_path / "voc", "voc")
     _assert_same(drone, read_dataset(out, "voc"), atol=0.5)
-    # drone_cars ships the same boxes as VOC XML: the written 1-based coordinates must equal them, up to the
-    # readers' clipping of the few boxes that start one pixel left of the image (xmin 0 in the original)
+    # drone_cars ships the same boxes as VOC XML (0-based; its YOLO labels are them minus 1 on every side)
     for record in drone.records[:10]:
         stem = record.image_path.stem
         ours = ET.parse(out / "Annotations" / f"{stem}.xml").getroot()
         theirs = ET.parse(shared_data / "drone_cars" / "labels_xml" / f"{stem}.xml").getroot()
         boxes = [[float(o.findtext(f"bndbox/{t}")) for t in CORNERS] for o in ours.iter("object")]
         original = [[float(o.findtext(f"bndbox/{t}")) for t in CORNERS] for o in theirs.iter("object")]
-        clipped = np.clip(original, 1, [record.width + 1, record.height + 1] * 2)
-        np.testing.assert_allclose(sorted(boxes), sorted(clipped.tolist()), atol=0.5, err_msg=stem)
+        # theirs are 0-based, our YOLO-read boxes theirs minus 1 (clipped at 0); written 1-based: (x1 + 1, y1 + 1, x2, y2)
+        expected = np.maximum(np.asarray(original) - 1, 0) + [1, 1, 0, 0]
+        np.testing.assert_allclose(sorted(boxes), sorted(expected.tolist()), atol=0.5, err_msg=stem)
 
 
 def test_drone_yolo_to_coco_to_yolo(drone: Dataset, tmp_path: Path) -> None:
@@ -105,7 +135,7 @@ def test_voc_is_one_based_and_writes_ignore_as_difficult(tmp_path: Path) -> None
         (o.findtext("name"), o.findtext("difficult"), [o.findtext(f"bndbox/{t}") for t in CORNERS])
         for o in root.iter("object")
     ]
-    assert objects == [("van", "0", ["1", "1", "11", "6"]), ("car", "1", ["21", "3", "31", "13"])]
+    assert objects == [("van", "0", ["1", "1", "10", "5"]), ("DontCare", "1", ["21", "3", "30", "12"])]
     assert sorted(p.name for p in (out / "JPEGImages").iterdir()) == ["frame_0.png", "frame_1.png"]
 
 
