@@ -1,0 +1,109 @@
+"""Tracking metrics: CLEAR MOT (MOTA, MOTP, ID switches, fragmentations) and identity metrics (IDF1) through
+``motmetrics``, and HOTA (Luiten et al., IJCV 2021) written out from the paper's definitions.
+
+HOTA at a localization threshold alpha: per frame, ground-truth and predicted boxes are matched one-to-one
+(Hungarian) maximizing IoU weighted by how often the two IDs overlap over the whole video (the global alignment
+score), and a match counts when its IoU is at least alpha. Then DetA = TP / (TP + FN + FP), and each true
+positive c with ground-truth ID g and predicted ID p scores A(c) = TPA / (TPA + FNA + FPA) = n(g, p) /
+(N(g) + N(p) - n(g, p)), with n(g, p) the matches between the two IDs and N(.) their box counts; AssA is A's
+mean over the true positives and HOTA(alpha) = sqrt(DetA * AssA). HOTA is its mean over alpha = 0.05, ..., 0.95.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from detector.track.bytetrack import iou_matrix
+from detector.track.mot import MotBox
+
+__all__ = ["ALPHAS", "clear_and_identity", "evaluate_tracks", "hota"]
+
+ALPHAS = np.arange(0.05, 0.99, 0.05)  # 19 thresholds
+
+
+def _by_frame(boxes: list[MotBox]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    grouped: dict[int, list[MotBox]] = defaultdict(list)
+    for box in boxes:
+        grouped[box.frame].append(box)
+    return {frame: (np.array([b.track_id for b in items]), np.array([b.box for b in items], np.float64))
+            for frame, items in grouped.items()}
+
+
+def hota(ground_truth: list[MotBox], predicted: list[MotBox]) -> dict[str, float]:
+    """HOTA, DetA and AssA averaged over `ALPHAS` (see the module doc), plus HOTA at alpha 0.5."""
+    gt, pr = _by_frame(ground_truth), _by_frame(predicted)
+    frames = sorted(set(gt) | set(pr))
+    empty = (np.zeros(0, int), np.zeros((0, 4)))
+    gt_count: dict[int, int] = defaultdict(int)
+    for box in ground_truth:
+        gt_count[box.track_id] += 1
+    pr_count: dict[int, int] = defaultdict(int)
+    for box in predicted:
+        pr_count[box.track_id] += 1
+    # global alignment: for every ID pair, the summed per-frame IoU-normalized similarity
+    overlap: dict[tuple[int, int], float] = defaultdict(float)
+    similarities = {}
+    for frame in frames:
+        (g_ids, g_boxes), (p_ids, p_boxes) = gt.get(frame, empty), pr.get(frame, empty)
+        iou = iou_matrix(g_boxes, p_boxes)  # (G, P)
+        similarities[frame] = iou
+        if iou.size:
+            denominator = iou.sum(0)[None, :] + iou.sum(1)[:, None] - iou
+            normalized = np.divide(iou, denominator, out=np.zeros_like(iou), where=denominator > 0)
+            for i, j in zip(*np.nonzero(normalized)):
+                overlap[(int(g_ids[i]), int(p_ids[j]))] += float(normalized[i, j])
+    alignment = {pair: value / (gt_count[pair[0]] + pr_count[pair[1]] - value) for pair, value in overlap.items()}
+    true_positives = np.zeros(len(ALPHAS))
+    matches = [defaultdict(int) for _ in ALPHAS]  # per alpha: (gt id, predicted id) -> matched frames
+    for frame in frames:
+        (g_ids, _), (p_ids, _) = gt.get(frame, empty), pr.get(frame, empty)
+        iou = similarities[frame]
+        if not iou.size:
+            continue
+        weights = np.array([[alignment.get((int(g), int(p)), 0.0) for p in p_ids] for g in g_ids])
+        rows, cols = linear_sum_assignment(-(weights * iou))
+        for a, alpha in enumerate(ALPHAS):
+            good = iou[rows, cols] >= alpha - np.finfo(float).eps
+            true_positives[a] += good.sum()
+            for i, j in zip(rows[good], cols[good]):
+                matches[a][(int(g_ids[i]), int(p_ids[j]))] += 1
+    num_gt, num_pr = len(ground_truth), len(predicted)
+    det_a = true_positives / np.maximum(1, num_gt + num_pr - true_positives)  # TP / (TP + FN + FP)
+    ass_a = np.array([
+        sum(n * n / (gt_count[g] + pr_count[p] - n) for (g, p), n in matches[a].items()) / max(1.0, true_positives[a])
+        for a in range(len(ALPHAS))
+    ])
+    per_alpha = np.sqrt(det_a * ass_a)
+    half = int(np.argmin(np.abs(ALPHAS - 0.5)))
+    return {"HOTA": float(per_alpha.mean()), "DetA": float(det_a.mean()), "AssA": float(ass_a.mean()),
+            "HOTA50": float(per_alpha[half])}
+
+
+def clear_and_identity(ground_truth: list[MotBox], predicted: list[MotBox], iou_threshold: float = 0.5) -> dict:
+    """MOTA, MOTP (mean IoU of matches), IDF1, ID switches, fragmentations, false positives and misses (motmetrics;
+    a ground-truth and a predicted box can match at IoU >= ``iou_threshold``)."""
+    import motmetrics
+
+    gt, pr = _by_frame(ground_truth), _by_frame(predicted)
+    empty = (np.zeros(0, int), np.zeros((0, 4)))
+    accumulator = motmetrics.MOTAccumulator(auto_id=False)
+    for frame in sorted(set(gt) | set(pr)):
+        (g_ids, g_boxes), (p_ids, p_boxes) = gt.get(frame, empty), pr.get(frame, empty)
+        distance = 1.0 - iou_matrix(g_boxes, p_boxes)
+        distance[distance > 1.0 - iou_threshold] = np.nan  # not a possible match
+        accumulator.update(g_ids.tolist(), p_ids.tolist(), distance, frameid=frame)
+    names = {"mota": "MOTA", "motp": "MOTP", "idf1": "IDF1", "num_switches": "ID switches",
+             "num_fragmentations": "fragmentations", "num_false_positives": "false positives",
+             "num_misses": "misses", "num_objects": "ground-truth boxes"}
+    summary = motmetrics.metrics.create().compute(accumulator, metrics=list(names), name="all")
+    values = {names[key]: float(summary[key].iloc[0]) for key in names}
+    values["MOTP"] = 1.0 - values["MOTP"] if np.isfinite(values["MOTP"]) else float("nan")  # distance -> IoU
+    return values
+
+
+def evaluate_tracks(ground_truth: list[MotBox], predicted: list[MotBox]) -> dict[str, float]:
+    """Every tracking metric of this module in one dict."""
+    return {**clear_and_identity(ground_truth, predicted), **hota(ground_truth, predicted)}

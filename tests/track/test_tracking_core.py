@@ -1,0 +1,160 @@
+"""Tracking core (no model): Kalman steps by hand, ByteTrack identities, counting on scripted paths, MOT files,
+HOTA on a hand-computed case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.structures import DetectorError
+from detector.track import ByteTracker, KalmanFilter, LineCounter, MotBox, ZoneCounter, read_mot, write_mot
+from detector.track.kalman import xyah_to_xyxy, xyxy_to_xyah
+from detector.track.metrics import clear_and_identity, evaluate_tracks, hota
+
+
+def test_kalman_initiate_and_predict_by_hand():
+    """z = (10, 20, 0.5, 40): position std 2 * 40 / 20 = 4 (var 16), velocity std 10 * 40 / 160 = 2.5 (6.25).
+    One frame later: var(cx) = 16 + 6.25 (velocity carried) + (40 / 20)^2 = 26.25, cov(cx, vx) = 6.25 + 0,
+    var(vx) = 6.25 + (40 / 160)^2 = 6.3125; the mean does not move (zero velocity)."""
+    kalman = KalmanFilter()
+    mean, cov = kalman.initiate(np.array([10.0, 20, 0.5, 40]))
+    assert mean.tolist() == [10, 20, 0.5, 40, 0, 0, 0, 0]
+    assert cov[0, 0] == pytest.approx(16) and cov[4, 4] == pytest.approx(6.25) and cov[2, 2] == pytest.approx(1e-4)
+    mean, cov = kalman.predict(mean, cov)
+    assert mean.tolist() == [10, 20, 0.5, 40, 0, 0, 0, 0]
+    assert cov[0, 0] == pytest.approx(26.25) and cov[0, 4] == pytest.approx(6.25) and cov[4, 4] == pytest.approx(6.3125)
+
+
+def test_kalman_update_by_hand():
+    """After the predict above, measuring cx = 14: S = 26.25 + (40 / 20)^2 = 30.25, gain on cx = 26.25 / 30.25,
+    on vx = 6.25 / 30.25; so cx = 10 + 4 * 26.25 / 30.25 and vx = 4 * 6.25 / 30.25."""
+    kalman = KalmanFilter()
+    mean, cov = kalman.predict(*kalman.initiate(np.array([10.0, 20, 0.5, 40])))
+    mean, cov = kalman.update(mean, cov, np.array([14.0, 20, 0.5, 40]))
+    assert mean[0] == pytest.approx(10 + 4 * 26.25 / 30.25) and mean[4] == pytest.approx(4 * 6.25 / 30.25)
+    assert cov[0, 0] == pytest.approx(26.25 - 26.25**2 / 30.25)
+
+
+def test_box_conversions_round_trip():
+    boxes = np.array([[10.0, 20, 50, 40], [0, 0, 1, 8]])
+    assert np.allclose(xyah_to_xyxy(xyxy_to_xyah(boxes)), boxes)
+
+
+def _car(x: float, y: float, w: float = 40, h: float = 20) -> list[float]:
+    return [x, y, x + w, y + h]
+
+
+def test_crossing_cars_keep_their_ids():
+    """Two cars drive towards each other on the same row and pass through each other (frames 9-12 overlap):
+    the Kalman velocities carry each identity across."""
+    tracker, ids = ByteTracker(), {}
+    for frame in range(25):
+        a, b = _car(10 + 8 * frame, 100), _car(210 - 8 * frame, 100)
+        for track in tracker.update(np.array([a, b]), np.array([0.9, 0.85]), np.array([1, 1])):
+            side = "a" if abs(track.box[0] - a[0]) < abs(track.box[0] - b[0]) else "b"
+            ids.setdefault(side, set()).add(track.track_id)
+    assert ids == {"a": {1}, "b": {2}}
+
+
+def test_a_briefly_lost_track_keeps_its_id_and_a_long_gap_gets_a_new_one():
+    tracker = ByteTracker(max_lost=5)
+    seen = []
+    for frame in range(30):
+        visible = not (10 <= frame < 14) and not (18 <= frame < 26)  # gaps of 4 (kept) and 8 (> max_lost) frames
+        boxes = np.array([_car(10 + 3 * frame, 50)]) if visible else np.zeros((0, 4))
+        found = tracker.update(boxes, np.full(len(boxes), 0.9), np.ones(len(boxes), int))
+        seen += [t.track_id for t in found]
+    assert sorted(set(seen)) == [1, 2] and seen[:10] == [1] * 10 and seen[10:14] == [1] * 4 and seen[-1] == 2
+
+
+def test_low_score_detections_keep_an_occluded_track():
+    """ByteTrack's second association: a car half hidden scores 0.3 and still extends its track."""
+    tracker = ByteTracker()
+    scores = [0.9] * 5 + [0.3] * 5 + [0.9] * 5
+    ids = [t.track_id for f, s in enumerate(scores) for t in tracker.update(np.array([_car(5 * f, 0)]),
+                                                                              np.array([s]), np.array([1]))]
+    assert ids == [1] * 15
+
+
+def test_ids_start_at_one_and_never_repeat():
+    tracker, seen = ByteTracker(max_lost=2), []
+    for frame in range(40):
+        boxes = np.array([_car(300 * (frame // 10), 0)])  # a new car every 10 frames, far from the last one
+        seen += [t.track_id for t in tracker.update(boxes, np.array([0.9]), np.array([1]))]
+    assert sorted(set(seen)) == [1, 2, 3, 4]
+
+
+def _path(counter, points, track_id=7, label="car"):
+    events = []
+    for frame, point in enumerate(points):
+        events += counter.update(frame, frame / 10, [(track_id, label, np.array(point, float))])
+    return events
+
+
+def test_line_counting_on_scripted_paths():
+    """A horizontal line from (0, 100) to (200, 100): walking from its first point to its second (to the right on
+    screen), "left" is up (smaller y)."""
+    line = LineCounter("gate", (0, 100), (200, 100))
+    assert [e.direction for e in _path(line, [(50, 150), (50, 120), (50, 80), (50, 40)], 1)] == ["left"]
+    jitter = [(80, 120), (80, 99), (80, 103), (80, 97), (80, 102), (80, 60)]  # stops on the line, jitters
+    assert len(_path(line, jitter, 2)) == 1
+    u_turn = [(120, 130), (120, 90), (120, 70), (120, 95), (120, 130)]  # crosses up, turns back down
+    assert [e.direction for e in _path(line, u_turn, 3)] == ["left"]
+    around = [(250, 150), (250, 50)]  # passes beside the segment's end: no crossing
+    assert _path(line, around, 4) == []
+    down = _path(line, [(20, 50), (20, 150)], 5, "truck")
+    assert [(e.direction, e.label, e.track_id) for e in down] == [("right", "truck", 5)]
+    assert line.counts == {"left": {"car": 3}, "right": {"truck": 1}} and line.total() == 4
+
+
+def test_zone_occupancy_entries_exits_and_dwell():
+    zone = ZoneCounter("box", np.array([[0, 0], [100, 0], [100, 100], [0, 100]]), fps=10)
+    path = [(-10, 50), (10, 50), (50, 50), (90, 50), (110, 50)]
+    events = _path(zone, path, 1)
+    assert [(e.kind, e.frame) for e in events] == [("enter", 1), ("exit", 4)]
+    assert zone.occupancy == [0, 1, 1, 1, 0] and zone.dwell_seconds() == {1: 0.3}
+
+
+@pytest.mark.parametrize("points, message", [
+    ([[0, 0], [10, 0]], "has 2 points; a polygon needs at least 3"),
+    ([[0, 0], [10, 10], [20, 20]], "has no area"),
+    ([[0, 0], [10, 10], [10, 0], [0, 10]], "crosses itself"),
+])
+def test_bad_zones_are_one_sentence(points, message):
+    with pytest.raises(DetectorError, match=message):
+        ZoneCounter("z", np.array(points, float), fps=10)
+
+
+def test_mot_files_round_trip_and_malformed_lines(tmp_path):
+    boxes = [MotBox(2, 1, (10.0, 20.0, 50.0, 60.0), 0.9), MotBox(1, 3, (0.5, 1.25, 10.0, 20.5), 0.5)]
+    path = write_mot(tmp_path / "pred.txt", boxes)
+    assert path.read_text().splitlines()[0] == "1,3,0.50,1.25,9.50,19.25,0.5000,-1,-1,-1"
+    assert read_mot(path) == sorted(boxes, key=lambda b: b.frame)
+    with pytest.raises(DetectorError, match="already exists"):
+        write_mot(path, boxes)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1,1,0,0,10,10,1,-1,-1,-1\n2,1,0,0,10\n")
+    with pytest.raises(DetectorError, match=r"bad.txt:2: expected at least 7 comma-separated fields"):
+        read_mot(bad)
+    bad.write_text("0,1,0,0,10,10,1\n")
+    with pytest.raises(DetectorError, match=r"bad.txt:1: expected a frame >= 1"):
+        read_mot(bad)
+
+
+def test_hota_hand_computed_id_switch():
+    """One object over 4 frames, found perfectly, but as ID 1 in frames 1-2 and ID 2 in frames 3-4.
+    Every alpha: TP = 4, FN = FP = 0 -> DetA = 1; A(g, 1) = 2 / (4 + 2 - 2) = 0.5, A(g, 2) = 0.5 -> AssA = 0.5;
+    HOTA = sqrt(1 * 0.5)."""
+    gt = [MotBox(f, 1, (0.0, 0.0, 10.0, 10.0)) for f in range(1, 5)]
+    pred = [MotBox(f, 1 if f <= 2 else 2, (0.0, 0.0, 10.0, 10.0)) for f in range(1, 5)]
+    result = hota(gt, pred)
+    assert result["DetA"] == pytest.approx(1.0) and result["AssA"] == pytest.approx(0.5)
+    assert result["HOTA"] == pytest.approx(0.5**0.5)
+    clear = clear_and_identity(gt, pred)
+    assert clear["ID switches"] == 1 and clear["MOTA"] == pytest.approx(0.75) and clear["IDF1"] == pytest.approx(0.5)
+
+
+def test_identical_prediction_and_truth_score_one():
+    gt = [MotBox(f, i, (10.0 * i + f, 5.0, 10.0 * i + f + 8, 15.0)) for f in range(1, 6) for i in (1, 2, 3)]
+    result = evaluate_tracks(gt, list(gt))
+    assert result["MOTA"] == result["IDF1"] == pytest.approx(1.0) and result["HOTA"] == pytest.approx(1.0)
