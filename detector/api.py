@@ -6,6 +6,7 @@
     detections = det.predict("street.jpg", tta=True)  # test-time augmentation (detector.tta, eval.tta_* keys)
     for frame in det.predict_video("clip.mp4"):     # per-frame results
         print(frame.index, len(frame.detections))
+    summary = det.track("clip.mp4", lines=["0,300,960,300:gate"])  # IDs, counts, outputs in runs/track/
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from detector.structures import Detections, DetectorError
 from detector.tta import TestTimeAugmentation, build_tta
 
 if TYPE_CHECKING:
+    from detector.track.run import TrackSummary
     from detector.video import FrameResult
 
 ImageInput = str | Path | np.ndarray
@@ -120,6 +122,17 @@ class Detector:
             keep &= torch.isin(detections.labels, wanted)
         detections = detections.filter(keep)
         return detections.filter(torch.arange(min(len(detections), max_det))) if max_det is not None else detections
+
+    def track(self, source: str | int, out_dir: str | Path | None = None, lines: Sequence[str] = (),
+              zones: Sequence[str] = (), homography: str | Path | None = None, classes: Sequence[str] | None = None,
+              batch_size: int = 4) -> "TrackSummary":
+        """Track, count and (with a homography file) measure the speed of the cars in a video or any source
+        `predict_video` takes; writes the annotated video, tracks.json/.csv, a MOTChallenge file and counts.json
+        (detector.track.run). Lines are ``"x1,y1,x2,y2[:name]"``, zones ``"x1,y1,...,xn,yn[:name]"`` in pixels;
+        thresholds come from the config's ``track`` section."""
+        from detector.track.run import run_tracking
+
+        return run_tracking(self, source, out_dir, lines, zones, homography, self.config.track, classes, batch_size)
 
     def predict_video(self, source: str | int, batch_size: int = 4, score_thresh: float | None = None,
                       classes: Sequence[str] | None = None, max_det: int | None = None) -> Iterator[FrameResult]:

@@ -30,8 +30,15 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.epochs=5")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (`detector CMD -h` shows the usage) and exit code 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detector", description="Fast R-CNN-style car detector.")
+    parser = _Parser(prog="detector", description="Fast R-CNN-style car detector.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a detector from a config into runs/<name>/")
@@ -65,6 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
                    help="how the backbone runs: onnx (ONNX Runtime, the default on CPU), torch (PyTorch, channels_last "
                         "on CPU; the default on CUDA)")
+
+    p = sub.add_parser("track", help="track and count cars in a video, stream or image sequence (ByteTrack)")
+    p.add_argument("checkpoint")
+    p.add_argument("source")
+    p.add_argument("--out", help="output folder (default runs/track/<name>)")
+    p.add_argument("--line", action="append", default=[], metavar="X1,Y1,X2,Y2[:NAME]",
+                   help="count crossings of this segment (pixels; repeat for several lines)")
+    p.add_argument("--zone", action="append", default=[], metavar="X1,Y1,...,XN,YN[:NAME]",
+                   help="polygon whose occupancy, entries, exits and dwell times are reported (repeatable)")
+    p.add_argument("--homography", metavar="FILE",
+                   help='JSON {"image": [[x, y], ...], "ground": [[X, Y], ...]} (4+ points, metres): speeds in km/h')
+    p.add_argument("--classes", nargs="+", help="only these class names")
+    p.add_argument("--batch-size", type=_number(int, 0, None, "an integer of at least 0 (0: automatic)"), default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto")
+    _add_overrides(p)
+
+    p = sub.add_parser("eval-track", help="MOTA, IDF1, HOTA, ID switches of a MOTChallenge file against ground truth")
+    p.add_argument("predicted", help="MOTChallenge txt written by `detector track` (tracks_mot.txt)")
+    p.add_argument("ground_truth", help="MOTChallenge ground-truth txt (seventh field 0: not considered)")
+    p.add_argument("--counts", nargs=2, metavar=("PREDICTED_JSON", "TRUE_JSON"),
+                   help="also compare line counts: counts.json of `detector track` against the true counts")
+    p.add_argument("--out", help="also write the metrics as JSON to this file")
 
     p = sub.add_parser("demo", help="render synthetic roads, train, evaluate and detect, all offline (about 10 min on CPU)")
     p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
@@ -158,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from detector import commands
 
-        return int(getattr(commands, f"run_{args.command}")(args) or 0)
+        return int(getattr(commands, f"run_{args.command.replace('-', '_')}")(args) or 0)
     except StopRequested as stop:
         print(f"{stop}; continue with `detector train --resume {stop.checkpoint}`", file=sys.stderr)
         return 128 + stop.signum

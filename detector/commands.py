@@ -101,6 +101,35 @@ def run_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_track(args: argparse.Namespace) -> int:
+    from detector.api import Detector
+    from detector.track.run import check_track_options
+
+    check_track_options(args.line, args.zone, args.homography)  # one sentence before the model is loaded
+    detector = Detector.load(args.checkpoint, device=args.device, runtime=args.runtime, overrides=args.overrides)
+    print(f"backbone runtime: {detector.runtime} on {detector.device}")
+    batch_size = args.batch_size or (8 if detector.device.type == "cuda" else 1)
+    summary = detector.track(args.source, args.out, args.line, args.zone, args.homography, args.classes, batch_size)
+    print(summary.describe())
+    return 0
+
+
+def run_eval_track(args: argparse.Namespace) -> int:
+    from detector.track.metrics import count_errors, evaluate_tracks
+    from detector.track.mot import read_mot
+
+    metrics = evaluate_tracks(read_mot(args.ground_truth, ground_truth=True), read_mot(args.predicted))
+    if args.counts:
+        metrics["count errors"] = count_errors(*args.counts)
+    for key, value in metrics.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    if args.out:
+        if Path(args.out).exists():
+            raise DetectorError(f"--out {args.out} already exists; choose a new file name (nothing is overwritten)")
+        Path(args.out).write_text(json.dumps(json_safe(metrics), indent=2))
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from detector.demo import run_demo as demo
 

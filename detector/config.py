@@ -207,12 +207,29 @@ class EvalConfig:
 
 
 @dataclass
+class TrackConfig:
+    """`detector track`: ByteTrack's thresholds (detector/track/bytetrack.py), drawing and speed."""
+
+    high_thresh: float = 0.5  # detections at or above start and keep tracks
+    low_thresh: float = 0.1  # detections from here to high_thresh only extend existing tracks (occluded cars)
+    new_track_thresh: float = 0.6  # an unmatched detection above this starts a track
+    match_iou: float = 0.2  # least IoU of a track's prediction with a high-score detection it takes
+    low_match_iou: float = 0.5  # ... with a low-score detection
+    tentative_match_iou: float = 0.3  # ... for a track seen once, to be confirmed
+    max_lost: int = 30  # frames a track may go unseen and keep its ID
+    trail: int = 30  # positions drawn behind each car
+    speed_window_s: float = 1.0  # speed = ground distance over this many seconds (with --homography)
+    line_tolerance: float = 2.0  # pixels from a counting line within which a car keeps its side
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -356,6 +373,8 @@ _RANGES = {
     **{key: _UNIT for key in (
         "model.rpn_nms_thresh", "model.score_thresh", "model.nms_thresh", "eval.score_thresh",
         "eval.confusion_score_thresh", "eval.confusion_iou", "eval.tta_iou", "augment.hflip", "augment.affine",
+        "track.high_thresh", "track.low_thresh", "track.new_track_thresh", "track.match_iou", "track.low_match_iou",
+        "track.tentative_match_iou",
         "augment.translate", "augment.brightness_contrast", "augment.hue_saturation", "augment.blur", "augment.noise",
         "augment.crop", "augment.min_visibility")},
     "model.cascade_ious": _between(0.0, 1.0, low_open=True, high_open=True),
@@ -370,7 +389,8 @@ _RANGES = {
     **{key: _NON_NEGATIVE for key in (
         "train.weight_decay", "train.clip_grad_norm", "train.time_budget_min", "model.box_loss_weight",
         "model.freeze_stages", "model.roi_sampling_ratio", "train.warmup_iters", "train.eval_every", "train.seed",
-        "train.threads", "data.num_workers")},
+        "train.threads", "data.num_workers", "track.max_lost", "track.trail", "track.line_tolerance")},
+    "track.speed_window_s": _POSITIVE,
     **{key: _AT_LEAST_1 for key in (
         "model.fpn_channels", "model.selective_search_max", "model.rpn_pre_nms_top_n_train",
         "model.rpn_pre_nms_top_n_test", "model.rpn_post_nms_top_n_train", "model.rpn_post_nms_top_n_test",

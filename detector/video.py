@@ -32,7 +32,7 @@ from detector.sources import Frame, Source, open_source
 from detector.structures import Detections, DetectorError
 from detector.visualize import IMAGE_SUFFIXES, draw_detections, save_image
 
-__all__ = ["DetectSummary", "Frame", "FrameResult", "Source", "VideoFile", "open_source", "predict_frames", "run_detection"]
+__all__ = ["BackgroundSink", "DetectSummary", "Frame", "FrameResult", "Source", "VideoFile", "open_source", "predict_frames", "run_detection"]
 
 _DEFAULT_FPS = 25.0  # for the output mp4 when a webcam or stream does not report its rate
 _POLL_S = 0.1  # how often a blocked thread looks at its stop flag
@@ -122,7 +122,7 @@ class _Prefetcher:
         self._thread.join(timeout=self.stall_s)  # a reader blocked in a dead stream is a daemon: left behind
 
 
-class _BackgroundSink:
+class BackgroundSink:
     """Feeds items to ``handle`` in a background thread; a failure there is raised by the next `put`."""
 
     def __init__(self, handle: Callable[[Any], None], maxsize: int) -> None:
@@ -366,7 +366,7 @@ def _show_latest(display: queue.Queue, title: str) -> bool:
 def _detect_into(writer: _ResultWriter, detector: FramePredictor, source: Source, batch_size: int,
                  score_thresh: float | None, classes: Sequence[str] | None, max_det: int | None) -> float:
     """Stream the model's results into the writer thread; returns the seconds spent in ``predict_batch``."""
-    sink, completed, model_seconds = _BackgroundSink(writer.write, maxsize=2 * batch_size), False, 0.0
+    sink, completed, model_seconds = BackgroundSink(writer.write, maxsize=2 * batch_size), False, 0.0
     try:
         results = predict_frames(detector, source, batch_size, score_thresh, classes, max_det)
         with contextlib.closing(results), tqdm(total=source.total, unit="frame", desc=source.stem) as bar:

@@ -118,8 +118,10 @@ def draw_detections(
     scores: Any | None = None,
     ignore: Any | None = None,
     thickness: int = 2,
+    texts: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """A copy of ``image`` (H, W, 3) uint8 RGB with boxes drawn.
+    """A copy of ``image`` (H, W, 3) uint8 RGB with boxes drawn. ``texts`` replaces the "class score" labels
+    (tracking writes "#ID class score").
 
     boxes: (N, 4) pixel xyxy; labels: (N,) in 1..K (one colour per class); scores: (N,) in [0, 1] or None
     (shown after the class name); ignore: (G, 4) pixel xyxy regions, drawn hatched with a dashed grey outline.
@@ -140,7 +142,8 @@ def draw_detections(
     for index, (corner, label) in enumerate(zip(corners, labels)):
         if corner is not None:
             score = None if scores is None else float(scores[index])
-            _draw_label(canvas, _label_text(int(label), class_names, score), corner[:2], class_color(label), thickness)
+            text = texts[index] if texts is not None else _label_text(int(label), class_names, score)
+            _draw_label(canvas, text, corner[:2], class_color(label), thickness)
     return canvas
 
 
@@ -198,6 +201,9 @@ def save_image(path: str | Path, image_rgb: np.ndarray) -> Path:
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(encoded.tobytes())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; a picture is for sharing
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from detector.track.bytetrack import iou_matrix
 from detector.track.mot import MotBox
 
-__all__ = ["ALPHAS", "clear_and_identity", "evaluate_tracks", "hota"]
+__all__ = ["ALPHAS", "clear_and_identity", "count_errors", "evaluate_tracks", "hota"]
 
 ALPHAS = np.arange(0.05, 0.99, 0.05)  # 19 thresholds
 
@@ -107,3 +107,31 @@ def clear_and_identity(ground_truth: list[MotBox], predicted: list[MotBox], iou_
 def evaluate_tracks(ground_truth: list[MotBox], predicted: list[MotBox]) -> dict[str, float]:
     """Every tracking metric of this module in one dict."""
     return {**clear_and_identity(ground_truth, predicted), **hota(ground_truth, predicted)}
+
+
+def count_errors(predicted_path: str, true_path: str) -> dict[str, dict[str, float]]:
+    """Per line and direction: predicted count - true count, and the total's relative error. Both files hold
+    ``{"lines": {name: {"left": n, "right": n, ...}}}`` (counts.json of `detector track`, and the renderer's truth)."""
+    import json
+    from pathlib import Path
+
+    from detector.structures import DetectorError
+
+    def lines(path: str) -> dict:
+        try:
+            content = json.loads(Path(path).read_text())
+            return {name: (int(v["left"]), int(v["right"])) for name, v in content["lines"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise DetectorError(f"{path}: expected {{\"lines\": {{name: {{\"left\": n, \"right\": n}}}}}} ({error})") from None
+
+    predicted, truth = lines(predicted_path), lines(true_path)
+    missing = sorted(set(truth) - set(predicted))
+    if missing:
+        raise DetectorError(f"{predicted_path} has no count for line(s) {', '.join(missing)} of {true_path}")
+    errors = {}
+    for name, (left, right) in truth.items():
+        got_left, got_right = predicted[name]
+        total = left + right
+        errors[name] = {"left": got_left - left, "right": got_right - right,
+                        "total_relative": (got_left + got_right - total) / total if total else float(got_left + got_right)}
+    return errors

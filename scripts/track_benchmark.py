@@ -1,0 +1,151 @@
+"""Benchmark: tracking and counting against ground truth (issue 13's targets), and tracking FPS against detect FPS.
+
+    python scripts/track_benchmark.py --checkpoint runs/demo/train/best.pt --out docs/benchmarks/tracking
+
+Rows, on synthetic videos whose cars keep their identities (detector.data.synthetic.render_video; seeds the tests
+do not use; one driver's-eye and one top-down video):
+- ``ground truth``: the true boxes fed to the tracker as detections: what the tracker alone loses;
+- ``ours``: the checkpoint's detections (the demo checkpoint, trained on the same renderer).
+Each row reports MOTA, IDF1, HOTA, ID switches, fragmentations (detector.track.metrics) and the line counts
+against the true counts: a horizontal line across the lower third of the frame, counted on the true trajectories
+with the same counter. The FPS row runs `detect` and `track` on the real dash-cam clip in one process, alternating.
+Writes results.json and results.md to ``--out`` (which must be new or empty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from detector.api import Detector
+from detector.data.synthetic import render_video
+from detector.runs import json_safe, prepare_out_dir
+from detector.structures import Detections, DetectorError
+from detector.track.counting import LineCounter, bottom_centre
+from detector.track.metrics import evaluate_tracks
+from detector.track.mot import MotBox, read_mot
+from detector.track.run import run_tracking
+from detector.video import run_detection
+
+VIDEOS = {"driver": dict(view="driver", seed=9101, size=(320, 480)), "topdown": dict(view="topdown", seed=9202, size=(480, 480))}
+
+
+class TruthAsDetections:
+    """A FramePredictor that returns each frame's true boxes (score 0.95): frames arrive in order, none skipped."""
+
+    def __init__(self, frames: list[dict], class_names: list[str]) -> None:
+        self.frames, self.class_names, self.next = frames, class_names, 0
+
+    def predict_batch(self, images, score_thresh=None, classes=None, max_det=None) -> list[Detections]:
+        out = []
+        for _ in images:
+            boxes = torch.tensor(self.frames[self.next]["boxes"], dtype=torch.float32).reshape(-1, 4)
+            out.append(Detections(boxes, torch.full((len(boxes),), 0.95), torch.ones(len(boxes), dtype=torch.int64),
+                                  self.class_names))
+            self.next += 1
+        return out
+
+
+def truth_of(sidecar: dict) -> list[MotBox]:
+    return [MotBox(frame["index"] + 1, int(track_id) + 1, tuple(box)) for frame in sidecar["frames"]  # ids from 1
+            for box, track_id in zip(frame["boxes"], frame["track_ids"])]
+
+
+def true_counts(sidecar: dict, line: tuple[str, tuple, tuple]) -> dict[str, int]:
+    """Crossings of ``line`` by the true trajectories, counted by the same rule as the tracker's counter."""
+    counter = LineCounter(*line)
+    for frame in sidecar["frames"]:
+        entries = [(int(i), "car", bottom_centre(np.array(box))) for box, i in zip(frame["boxes"], frame["track_ids"])]
+        counter.update(frame["index"], frame["index"] / sidecar["fps"], entries)
+    return {"left": counter.total("left"), "right": counter.total("right")}
+
+
+def track_row(predictor, video: Path, sidecar: dict, line_text: str, line: tuple, work: Path) -> dict:
+    summary = run_tracking(predictor, str(video), work, lines=[line_text], batch_size=4)
+    metrics = evaluate_tracks(truth_of(sidecar), read_mot(summary.mot_path))
+    truth = true_counts(sidecar, line)
+    got = summary.counts["lines"][line[0]]
+    total_true = truth["left"] + truth["right"]
+    metrics.update({"counts": {"left": got["left"], "right": got["right"]}, "true_counts": truth,
+                    "count_error": (got["total"] - total_true) / total_true if total_true else float(got["total"]),
+                    "tracker_ms_per_frame": 1000 * summary.tracker_seconds / max(summary.frames, 1),
+                    "model_ms_per_frame": 1000 * summary.model_seconds / max(summary.frames, 1)})
+    return metrics
+
+
+def fps_row(detector: Detector, clip: Path, work: Path, repeats: int) -> dict:
+    detect, track = [], []
+    for index in range(repeats):  # alternate, so load from other processes hits both alike
+        started = time.perf_counter()
+        summary = run_detection(detector, str(clip), out_dir=work / f"detect{index}", batch_size=1)
+        detect.append(summary.frames / (time.perf_counter() - started))
+        started = time.perf_counter()
+        summary = run_tracking(detector, str(clip), work / f"track{index}", lines=["0,400,960,400:near"], batch_size=1)
+        track.append(summary.frames / (time.perf_counter() - started))
+    return {"detect_fps": float(np.median(detect)), "track_fps": float(np.median(track)),
+            "ratio": float(np.median(track) / np.median(detect)), "repeats": repeats}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="our checkpoint (the demo's: runs/demo/train/best.pt)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--clip", default="../shared/data/videos/solidWhiteRight.mp4")
+    parser.add_argument("--fps-repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    try:
+        out = prepare_out_dir(args.out)
+        detector = Detector.load(args.checkpoint)
+        rows: dict[str, dict] = {}
+        with tempfile.TemporaryDirectory() as folder:
+            work = Path(folder)
+            for name, spec in VIDEOS.items():
+                video = render_video(work / f"{name}.mp4", num_frames=args.frames, **spec)
+                sidecar = json.loads(video.with_suffix(".json").read_text())
+                height, width = spec["size"]
+                line = ("gate", (0.0, 0.65 * height), (float(width), 0.65 * height))
+                line_text = f"0,{0.65 * height},{width},{0.65 * height}:gate"
+                truth = TruthAsDetections(sidecar["frames"], detector.class_names)
+                rows[f"{name}: ground truth"] = track_row(truth, video, sidecar, line_text, line, work / f"{name}_gt")
+                rows[f"{name}: ours"] = track_row(detector, video, sidecar, line_text, line, work / f"{name}_ours")
+            if Path(args.clip).is_file():
+                rows["dash-cam FPS"] = fps_row(detector, Path(args.clip), work, args.fps_repeats)
+    except DetectorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    environment = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
+                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes")}
+    command = "python scripts/track_benchmark.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    (out / "results.json").write_text(json.dumps(json_safe({"rows": rows, "command": command,
+                                                            "environment": environment}), indent=2))
+    lines = ["| row | MOTA | IDF1 | HOTA | ID switches | fragmentations | counts (left/right) | true | count error |",
+             "|---|---:|---:|---:|---:|---:|---|---|---:|"]
+    for name, row in rows.items():
+        if "MOTA" in row:
+            lines.append(f"| {name} | {row['MOTA']:.3f} | {row['IDF1']:.3f} | {row['HOTA']:.3f} | "
+                         f"{row['ID switches']:.0f} | {row['fragmentations']:.0f} | {row['counts']['left']}/"
+                         f"{row['counts']['right']} | {row['true_counts']['left']}/{row['true_counts']['right']} | "
+                         f"{100 * row['count_error']:+.1f}% |")
+    if "dash-cam FPS" in rows:
+        fps = rows["dash-cam FPS"]
+        lines += ["", f"Dash-cam clip: detect {fps['detect_fps']:.1f} FPS, track {fps['track_fps']:.1f} FPS "
+                      f"(ratio {fps['ratio']:.2f}), median of {fps['repeats']} alternating runs."]
+    (out / "results.md").write_text("\n".join(["# Tracking benchmark", "", *lines, "", "Command:", "", f"    {command}",
+                                               ""]))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
