@@ -36,13 +36,16 @@ class Track:
     score: float
     first_frame: int
     last_frame: int  # the last frame a detection updated it
+    detection: np.ndarray  # (4,) xyxy of the detection that last updated it: what the outputs report
     state: str = TrackState.TENTATIVE
     track_id: int = 0  # 0 until confirmed
     hits: int = 1
 
     @property
     def box(self) -> np.ndarray:
-        """(4,) x1, y1, x2, y2 of the current state."""
+        """(4,) x1, y1, x2, y2 of the Kalman state (the prediction the association uses). Outputs report
+        `detection` instead: the filter adapts a box's aspect ratio slowly (ByteTrack's noise model is made for
+        pedestrians), so a car entering the frame, whose box grows on one side, would lag behind its detection."""
         return xyah_to_xyxy(self.mean[:4])[0]
 
 
@@ -86,7 +89,7 @@ class ByteTracker:
     kalman: KalmanFilter = field(default_factory=KalmanFilter)
 
     def update(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> list[Track]:
-        """One frame's detections -> the confirmed tracks matched in this frame (their ``box`` is the filtered one).
+        """One frame's detections -> the confirmed tracks matched in this frame (``detection``: their box now).
 
         boxes (D, 4) xyxy, scores (D,), labels (D,) int."""
         self.frame += 1
@@ -113,7 +116,8 @@ class ByteTracker:
         for index in left_high:
             if scores[index] >= self.new_track_thresh:
                 mean, covariance = self.kalman.initiate(xyxy_to_xyah(boxes[index])[0])
-                track = Track(mean, covariance, int(labels[index]), float(scores[index]), self.frame, self.frame)
+                track = Track(mean, covariance, int(labels[index]), float(scores[index]), self.frame, self.frame,
+                              boxes[index].copy())
                 if self.frame == 1:
                     self._confirm(track)
                 self.tracks.append(track)
@@ -141,6 +145,7 @@ class ByteTracker:
     def _update_track(self, track: Track, index: int, boxes: np.ndarray, scores: np.ndarray) -> None:
         track.mean, track.covariance = self.kalman.update(track.mean, track.covariance, xyxy_to_xyah(boxes[index])[0])
         track.score, track.last_frame, track.hits = float(scores[index]), self.frame, track.hits + 1
+        track.detection = boxes[index].copy()
         if track.state in (TrackState.TENTATIVE, TrackState.LOST):
             self._confirm(track)
 

@@ -242,13 +242,13 @@ def run_tracking(detector: FramePredictor, source: str | int | Path, out_dir: st
                     tracker_seconds += time.perf_counter() - tick
                     time_s = result.index / fps
                     names = [detector.class_names[t.label - 1] for t in tracks]
-                    points = bottom_centre(np.array([t.box for t in tracks]).reshape(-1, 4))
+                    points = bottom_centre(np.array([t.detection for t in tracks]).reshape(-1, 4))
                     entries = [(t.track_id, name, point) for t, name, point in zip(tracks, names, points)]
                     for counter in [*line_counters, *zone_counters]:
                         events += counter.update(result.index, time_s, entries)
                     speeds = speed.update(time_s, [t.track_id for t in tracks], points) if speed else {}
                     rows = [{"track_id": t.track_id, "class": name, "score": round(t.score, 4),
-                             "box": [round(float(v), 2) for v in t.box], "speed_kmh": speeds.get(t.track_id)}
+                             "box": [round(float(v), 2) for v in t.detection], "speed_kmh": speeds.get(t.track_id)}
                             for t, name in zip(tracks, names)]
                     seen.update(t.track_id for t in tracks)
                     counts = {"lines": {c.name: {"left": c.total("left"), "right": c.total("right")}
