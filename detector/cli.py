@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = data_sub.add_parser("anchors", help="how well the config's anchors fit its boxes, and a better sizes x ratios grid")
     q.add_argument("-c", "--config", required=True, help="config whose data (split, data.max_size) and anchors are used")
     q.add_argument("--split", choices=("train", "val"), default="train", help="the split whose boxes are measured")
-    q.add_argument("--iou", type=_number(float, 0.0, 1.0, "an IoU in [0, 1]"), default=0.7, help="shape-only IoU a box needs with an anchor to be covered")
+    q.add_argument("--iou", type=_number(float, 0.0, 1.0, "an IoU in [0, 1]"), default=0.7,
+                   help="shape-only IoU a box needs with an anchor to be covered")
     q.add_argument("--out", help="also write the report as JSON to this file")
     q.add_argument("--plot", metavar="PATH", help="also draw box width/height with the anchor shapes to this image")
     _add_overrides(q)

@@ -29,8 +29,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from detector.data.build import filter_records
     from detector.checkpoint import load_detector
+    from detector.data.build import filter_records
+    from detector.data.stats import report_datasets
     from detector.distributed import resolve_device
     from detector.engine import evaluate
     from detector.runs import new_run_dir, prepare_out_dir
@@ -54,8 +55,6 @@ def run_eval(args: argparse.Namespace) -> int:
         if not dataset.records:
             raise DetectorError(f"--filter '{args.filter}' matches no image of {args.dataset}")
     out = prepare_out_dir(args.out) if args.out else new_run_dir("runs/eval", Path(args.checkpoint).parent.name)
-    from detector.data.stats import report_datasets
-
     report_datasets({"eval": dataset}, out)
     output = evaluate(model, dataset, config, device)
     result = output.result
@@ -150,9 +149,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     from detector.data.readers import read_dataset
-    from detector.data.writers import write_dataset
-
     from detector.data.stats import report_datasets
+    from detector.data.writers import write_dataset
 
     dataset = read_dataset(args.src, args.src_format, names_file=args.names_file, image_root=args.image_root)
     out = write_dataset(dataset, Path(args.dst), args.dst_format, link=args.link)

@@ -446,6 +446,8 @@ def validate(config: Config) -> None:
             raise DetectorError(f"config key 'model.{key}' must be in (0, 1]")
     if config.model.rpn_bg_iou > config.model.rpn_fg_iou:
         raise DetectorError("config key 'model.rpn_bg_iou' must not exceed 'model.rpn_fg_iou'")
+    if config.track.low_thresh > config.track.high_thresh:
+        raise DetectorError("config key 'track.low_thresh' must not exceed 'track.high_thresh'")
     if config.train.snapshot_every_min and not config.train.snapshot_every_min >= 0.01:
         raise DetectorError(f"config key 'train.snapshot_every_min' is {config.train.snapshot_every_min}; expected 0 "
                             "(no snapshots) or at least 0.01 (snapshot files are named by minute, 2 decimals)")

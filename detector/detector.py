@@ -79,13 +79,16 @@ class FastRCNN(nn.Module):
 
         images: list of (3, h, w) float in [0, 1]; targets: per image, boxes in the same pixels."""
         batch = self.preprocess(images, proposals=proposals)
-        return self._losses(batch, self.backbone(batch.images), targets)
+        return self._heads(batch, self.backbone(batch.images), targets)[1]
 
-    def _losses(self, batch: ImageBatch, features: list[torch.Tensor], targets: list[Targets]) -> dict[str, torch.Tensor]:
-        targets = [t.to(self.device) for t in targets]
+    def _heads(self, batch: ImageBatch, features: list[torch.Tensor], targets: list[Targets] | None
+               ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        """Proposals then ROI heads, each run once: (per-image results in input pixels, [] when training; the
+        losses, {} without targets)."""
+        targets = [t.to(self.device) for t in targets] if targets is not None else None
         proposals_per_image, proposal_losses = self.proposal_source(batch, features, targets)
-        _, roi_losses = self.roi_heads(features, proposals_per_image, batch.image_sizes, targets)
-        return {**proposal_losses, **roi_losses}
+        results, roi_losses = self.roi_heads(features, proposals_per_image, batch.image_sizes, targets)
+        return results, {**proposal_losses, **roi_losses}
 
     @torch.no_grad()
     def predict(
@@ -97,7 +100,7 @@ class FastRCNN(nn.Module):
         """Detections per image, boxes in original image pixels ((3, h, w) inputs were resized from
         `original_sizes`, default: not resized)."""
         batch = self.preprocess(images, original_sizes, proposals)
-        return self._detect(batch, self.backbone(batch.images))
+        return self.postprocess(self._heads(batch, self.backbone(batch.images), None)[0], batch)
 
     @torch.no_grad()
     def predict_with_losses(
@@ -112,16 +115,8 @@ class FastRCNN(nn.Module):
         if self.training:
             raise RuntimeError("predict_with_losses is for evaluation: call model.eval() first")
         batch = self.preprocess(images, original_sizes, proposals)
-        features = self.backbone(batch.images)
-        targets = [t.to(self.device) for t in targets]
-        proposals_per_image, proposal_losses = self.proposal_source(batch, features, targets)
-        results, roi_losses = self.roi_heads(features, proposals_per_image, batch.image_sizes, targets)
-        return self.postprocess(results, batch), {**proposal_losses, **roi_losses}
-
-    def _detect(self, batch: ImageBatch, features: list[torch.Tensor]) -> list[Detections]:
-        proposals_per_image, _ = self.proposal_source(batch, features, None)
-        results, _ = self.roi_heads(features, proposals_per_image, batch.image_sizes)
-        return self.postprocess(results, batch)
+        results, losses = self._heads(batch, self.backbone(batch.images), targets)
+        return self.postprocess(results, batch), losses
 
     def postprocess(self, results: list[dict[str, torch.Tensor]], batch: ImageBatch) -> list[Detections]:
         """Rescale boxes from input pixels to original image pixels."""

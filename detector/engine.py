@@ -384,16 +384,16 @@ class Trainer:
             )
         self.scaler.scale(loss / train.accumulate).backward()
         self.batch_in_epoch += 1
+        value = float(loss.detach())
         # accumulated gradients are not saved, so the run only stops (and checkpoints) at these boundaries
         if self.batch_in_epoch % train.accumulate and self.batch_in_epoch != self.batches_per_epoch:
-            return float(loss.detach()), False
+            return value, False
         self._optimizer_step()
         self._maybe_snapshot()
         if self.step % train.log_every == 0:
             row = {k: float(v.detach()) for k, v in losses.items()}
-            self.logger.log(self.step, epoch=self.epoch, loss=float(loss.detach()),
-                            lr=self.optimizer.param_groups[0]["lr"], **row)
-        return float(loss.detach()), True
+            self.logger.log(self.step, epoch=self.epoch, loss=value, lr=self.optimizer.param_groups[0]["lr"], **row)
+        return value, True
 
     def _should_stop(self) -> bool:
         """At an optimizer-step boundary: a signal on any rank saves last.pt and raises StopRequested on every rank;

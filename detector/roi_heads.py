@@ -288,10 +288,7 @@ class RoIHeads(nn.Module):
         # validation: the sampled ROIs (losses) and all proposals (detections) pooled and run through the head at once
         both = [torch.cat([s, p]) for s, p in zip(sampled, proposals_per_image)]
         cls_logits, pred_deltas = self.predictor(self.box_head(self.pooler(features, both)))
-        first = torch.cat([torch.arange(len(s)) + offset for s, offset in
-                           zip(sampled, [0, *torch.tensor([len(b) for b in both]).cumsum(0)[:-1].tolist()])])
-        is_sampled = torch.zeros(len(cls_logits), dtype=torch.bool, device=cls_logits.device)
-        is_sampled[first.to(cls_logits.device)] = True
+        is_sampled = torch.cat([torch.arange(len(b)) < len(s) for s, b in zip(sampled, both)]).to(cls_logits.device)
         losses = self.compute_loss(cls_logits[is_sampled], pred_deltas[is_sampled], gt_labels, gt_deltas,
                                    torch.cat(sampled))
         results = self.postprocess(cls_logits[~is_sampled], pred_deltas[~is_sampled], proposals_per_image, image_sizes)

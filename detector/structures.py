@@ -67,7 +67,7 @@ class DatasetReport:
     images_without_labels: int = 0  # kept as negatives
     labels_without_image: list[str] = field(default_factory=list)  # label files (VOC/YOLO/KITTI) skipped
     missing_images: list[str] = field(default_factory=list)  # images the annotations list but the disk lacks (COCO)
-    orphan_annotations: int = 0  # annotations whose image id is not among the images (COCO), dropped
+    orphan_annotations: list[str] = field(default_factory=list)  # ids of annotations of an unlisted image (COCO)
     unreadable_images: list[str] = field(default_factory=list)  # truncated or undecodable image files, skipped
     converted_images: int | None = None  # grayscale / RGBA / 16-bit, converted to 8-bit RGB; counted by data stats
     # kind -> files it concerns (image file names; label files for labels_without_image), for the details file
@@ -94,15 +94,12 @@ class DatasetReport:
              self.missing_images),
             (len(self.unreadable_images), "image files are truncated or undecodable and were skipped",
              self.unreadable_images),
-            (self.orphan_annotations, "annotations refer to an image id the file does not list and were dropped",
-             details.get("orphan_annotations")),
+            (len(self.orphan_annotations), "annotations refer to an image id the file does not list and were dropped",
+             self.orphan_annotations),
             (self.converted_images or 0, "images are not 8-bit RGB and are converted when loaded",
              details.get("converted_images")),
         ]
         return [f"{count} {what}" + (f" (first: {names[0]})" if names else "") for count, what, names in entries if count]
-
-    def warnings(self) -> list[str]:
-        return self.summary()
 
     def to_json(self) -> dict:
         """Counts and the files behind them, JSON-ready."""

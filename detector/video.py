@@ -32,9 +32,10 @@ from detector.sources import Frame, Source, open_source
 from detector.structures import Detections, DetectorError
 from detector.visualize import IMAGE_SUFFIXES, draw_detections, save_image
 
-__all__ = ["BackgroundSink", "DetectSummary", "Frame", "FrameResult", "Source", "VideoFile", "open_source", "predict_frames", "run_detection"]
+__all__ = ["BackgroundSink", "DetectSummary", "Frame", "FrameResult", "Source", "VideoFile", "open_source",
+           "predict_frames", "run_detection"]
 
-_DEFAULT_FPS = 25.0  # for the output mp4 when a webcam or stream does not report its rate
+DEFAULT_FPS = 25.0  # for the output mp4 when a webcam or stream does not report its rate
 _POLL_S = 0.1  # how often a blocked thread looks at its stop flag
 _STALL_S = 60.0  # a source that delivers no frame for this long is reported as stalled (DETECTOR_STALL_S)
 _DONE = object()  # end-of-stream marker in the thread queues
@@ -196,8 +197,10 @@ def predict_frames(detector: FramePredictor, source: str | int | Source, batch_s
 
 class VideoFile:
     """An mp4 being written from BGR frames: H.264 through PyAV (libx264, yuv420p: what browsers play), else
-    OpenCV's MPEG-4 part 2 ("mp4v"), which media players read but browsers do not. Odd frame sizes are padded by one
-    pixel (H.264's 4:2:0 needs even ones)."""
+    OpenCV's MPEG-4 part 2 ("mp4v"), which media players read but browsers do not. Frames of another size (a stream
+    that changes resolution) are resized to the first one's; odd sizes are padded by one pixel (H.264's 4:2:0 needs
+    even ones). Given source frame numbers, frames the source could not decode repeat the last picture, so frame n
+    of the mp4 is always source frame n."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
         self.path, (width, height) = Path(path), size
@@ -206,6 +209,7 @@ class VideoFile:
         except ImportError:  # PyAV is a dependency; an environment without it still writes a playable file
             av = None
         self._av, self._size = av, (width, height)
+        self._last: tuple[int, np.ndarray] | None = None  # (source frame number, picture) of the last frame written
         if av is not None:
             self._container = av.open(str(self.path), "w")
             self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
@@ -219,8 +223,19 @@ class VideoFile:
                 raise DetectorError(f"cannot write the annotated video {self.path} (OpenCV has no mp4v writer)")
             self.codec = "mp4v"
 
-    def write(self, bgr: np.ndarray) -> None:
-        """One (H, W, 3) uint8 BGR frame of the size given at construction."""
+    def write(self, bgr: np.ndarray, index: int | None = None) -> None:
+        """One (H, W, 3) uint8 BGR frame; ``index``: its source frame number (see the class doc)."""
+        width, height = self._size
+        if bgr.shape[:2] != (height, width):
+            bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_AREA)
+        if index is not None:
+            if self._last is not None:
+                for _ in range(index - self._last[0] - 1):  # skipped (undecodable) frames: hold the last picture
+                    self._encode(self._last[1])
+            self._last = (index, bgr)
+        self._encode(bgr)
+
+    def _encode(self, bgr: np.ndarray) -> None:
         if self._av is None:
             self._writer.write(bgr)
             return
@@ -249,7 +264,6 @@ class _ResultWriter:
         self.json_path, self.csv_path = out_dir / "detections.json", out_dir / "detections.csv"
         self.entries: list[dict] = []
         self.video: VideoFile | None = None
-        self._last_frame: tuple[int, np.ndarray] | None = None  # (index, BGR pixels) of the last frame written
         # the window is drawn by the calling thread (GUI toolkits want one thread); the writer offers frames
         self.display: queue.Queue | None = queue.Queue(maxsize=1) if show else None
         self._csv_file = self.csv_path.open("w", newline="")
@@ -276,19 +290,11 @@ class _ResultWriter:
                 self.display.put_nowait(annotated)
 
     def _write_video_frame(self, annotated: np.ndarray, index: int) -> None:
-        """Frame ``index`` of the source into the mp4. Frames the source could not decode are filled with the last
-        written frame, so frame n of the mp4 is always source frame n, as the JSON and CSV count them."""
-        width, height = self.source.frame_size or (annotated.shape[1], annotated.shape[0])
+        """Frame ``index`` of the source into the mp4 (frame n of the mp4 is source frame n, as in the JSON / CSV)."""
         if self.video is None:
-            self.video = VideoFile(self.video_path, self.source.fps or _DEFAULT_FPS, (width, height))
-        if annotated.shape[:2] != (height, width):  # a stream may change resolution mid-way
-            annotated = cv2.resize(annotated, (width, height), interpolation=cv2.INTER_AREA)
-        bgr = cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR)
-        previous_index, previous = self._last_frame if self._last_frame else (index - 1, bgr)
-        for _ in range(index - previous_index - 1):  # skipped (undecodable) frames: hold the last picture
-            self.video.write(previous)
-        self.video.write(bgr)
-        self._last_frame = (index, bgr)
+            size = self.source.frame_size or (annotated.shape[1], annotated.shape[0])
+            self.video = VideoFile(self.video_path, self.source.fps or DEFAULT_FPS, size)
+        self.video.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR), index)
 
     def finish(self) -> None:
         """Close the video and CSV and write the JSON (also after a failure: what was done is kept)."""

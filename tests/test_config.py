@@ -48,6 +48,7 @@ def test_scientific_notation_without_a_dot_is_a_float():
         ("data.synthetic_size=[320]", "'data.synthetic_size' expects 2 numbers, got [320]"),
         ("model.anchor_sizes=[32, 0]", "'model.anchor_sizes' is [32.0, 0.0]; expected positive for every item"),
         ("model.detections_per_image=0", "'model.detections_per_image' is 0; expected at least 1"),
+        ("track.low_thresh=0.7", "'track.low_thresh' must not exceed 'track.high_thresh'"),
     ],
 )
 def test_bad_overrides_fail_with_one_sentence(override, message):

@@ -124,10 +124,10 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
 
 
 def check_image_file(path: str | Path) -> str | None:
-    """Why an image file cannot be trained on (``"truncated"``, ``"undecodable"``), or None when it can: a cheap test
-    that readers run on every image, so a bad file is skipped and reported before training instead of failing in the
-    middle of an epoch. A JPEG must end with its end-of-image marker, or else decode completely (some cameras append
-    data after the marker); other formats are decoded only where their header is unreadable."""
+    """Why an image file cannot be trained on (``"unreadable"``: it cannot be opened; ``"truncated"``: a JPEG cut
+    short), or None: a cheap test that readers run on every image, so a bad file is skipped and reported before
+    training instead of failing in the middle of an epoch. A JPEG must end with its end-of-image marker, or else
+    decode completely (some cameras append data after the marker). Other formats are not decoded here."""
     path = Path(path)
     try:
         with open(path, "rb") as file:

@@ -217,8 +217,7 @@ def build_dataset(
     label_of = {name: i + 1 for i, name in enumerate(classes)}
     report = DatasetReport(
         images_without_labels=raw.images_without_labels, labels_without_image=list(raw.labels_without_image),
-        missing_images=list(raw.missing_images), orphan_annotations=len(raw.orphan_annotations),
-        details={"orphan_annotations": list(raw.orphan_annotations)} if raw.orphan_annotations else {},
+        missing_images=list(raw.missing_images), orphan_annotations=list(raw.orphan_annotations),
     )
     records = []
     for i, image in enumerate(raw.images):

@@ -43,7 +43,6 @@ __all__ = ["WRITE_FORMATS", "write_dataset"]
 log = logging.getLogger(__name__)
 
 WRITE_FORMATS = ("coco", "voc", "yolo", "kitti")
-KITTI_IGNORE = IGNORE_CATEGORY
 # KITTI's "unknown" values for the fields a 2D dataset does not have: truncated, occluded, alpha,
 # and after the box: dimensions h w l, location x y z, rotation_y.
 _KITTI_UNKNOWN_HEAD = "-1 -1 -10"
@@ -186,13 +185,13 @@ def _write_yolo(dataset: Dataset, root: Path, names: list[str], final: Path, lin
 
 def _write_kitti(dataset: Dataset, root: Path, names: list[str], final: Path, link: bool) -> None:
     for class_name in dataset.class_names:
-        if not class_name or class_name != "".join(class_name.split()) or class_name == KITTI_IGNORE:
+        if not class_name or class_name != "".join(class_name.split()) or class_name == IGNORE_CATEGORY:
             raise DetectorError(
-                f"class name {class_name!r} cannot be written as a KITTI type (no spaces, not {KITTI_IGNORE!r})"
+                f"class name {class_name!r} cannot be written as a KITTI type (no spaces, not {IGNORE_CATEGORY!r})"
             )
     for record, name in zip(dataset.records, names):
         _place_image(record.image_path, root / "training" / "image_2" / name, link)
-        kinds = [dataset.class_names[label - 1] for label in record.labels.tolist()] + [KITTI_IGNORE] * len(
+        kinds = [dataset.class_names[label - 1] for label in record.labels.tolist()] + [IGNORE_CATEGORY] * len(
             record.ignore
         )
         boxes = np.concatenate([record.boxes, record.ignore])  # (M + G, 4) xyxy

@@ -51,7 +51,8 @@ def declared_split_filters(path: str | Path, names_file: str | Path | None = Non
     """The train / val / test folders an Ultralytics data.yaml declares (``val: images/val``), as regular expressions
     on image paths relative to the dataset folder ``path`` (`detector.data.build.filter_records`). Splits that name
     the same folders as train are left out (a single-folder dataset declares no validation split); {} without a
-    data.yaml. An entry that is an image-list .txt file or lies outside the dataset folder is refused."""
+    data.yaml. Entries are taken relative to the dataset folder being read, not to the file's ``path:`` key (which
+    goes stale when a dataset is moved). An image-list .txt entry or one outside the dataset folder is refused."""
     path = Path(path)
     candidates = [Path(names_file)] if names_file and Path(names_file).suffix.lower() in (".yaml", ".yml") else \
         [path / "data.yaml", path / "dataset.yaml"]

@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 
+from detector.boxes import box_iou
 from detector.track.kalman import KalmanFilter, xyah_to_xyxy, xyxy_to_xyah
 
 __all__ = ["ByteTracker", "Track", "TrackState", "iou_matrix", "match"]
@@ -50,14 +52,10 @@ class Track:
 
 
 def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """(A, 4) and (B, 4) xyxy -> (A, B) IoU."""
-    a, b = np.asarray(boxes_a, np.float64).reshape(-1, 4), np.asarray(boxes_b, np.float64).reshape(-1, 4)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    intersection = np.clip(bottom_right - top_left, 0, None).prod(2)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return intersection / np.maximum(area_a[:, None] + area_b[None, :] - intersection, 1e-9)
+    """(A, 4) and (B, 4) xyxy arrays -> (A, B) IoU (torchvision's box_iou; 0 where both boxes are empty)."""
+    a = torch.from_numpy(np.asarray(boxes_a, np.float64).reshape(-1, 4))
+    b = torch.from_numpy(np.asarray(boxes_b, np.float64).reshape(-1, 4))
+    return np.nan_to_num(box_iou(a, b).numpy())
 
 
 def match(cost: np.ndarray, max_cost: float) -> tuple[list[tuple[int, int]], list[int], list[int]]:

@@ -11,11 +11,14 @@ mean over the true positives and HOTA(alpha) = sqrt(DetA * AssA). HOTA is its me
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from detector.structures import DetectorError
 from detector.track.bytetrack import iou_matrix
 from detector.track.mot import MotBox
 
@@ -112,11 +115,6 @@ def evaluate_tracks(ground_truth: list[MotBox], predicted: list[MotBox]) -> dict
 def count_errors(predicted_path: str, true_path: str) -> dict[str, dict[str, float]]:
     """Per line and direction: predicted count - true count, and the total's relative error. Both files hold
     ``{"lines": {name: {"left": n, "right": n, ...}}}`` (counts.json of `detector track`, and the renderer's truth)."""
-    import json
-    from pathlib import Path
-
-    from detector.structures import DetectorError
-
     def lines(path: str) -> dict:
         try:
             content = json.loads(Path(path).read_text())

@@ -31,12 +31,11 @@ from detector.track.bytetrack import ByteTracker
 from detector.track.counting import CountEvent, LineCounter, ZoneCounter, bottom_centre, check_polygon
 from detector.track.mot import MotBox, write_mot
 from detector.track.speed import SpeedEstimator, read_homography
-from detector.video import BackgroundSink, FramePredictor, VideoFile, open_source, predict_frames
+from detector.video import DEFAULT_FPS, BackgroundSink, FramePredictor, VideoFile, open_source, predict_frames
 from detector.visualize import PALETTE, draw_detections, save_image
 
 __all__ = ["TrackSummary", "check_track_options", "parse_line", "parse_zone", "run_tracking"]
 
-_DEFAULT_FPS = 25.0
 _NAMED = re.compile(r"^(?P<numbers>[^:]+)(:(?P<name>.+))?$")
 
 
@@ -134,7 +133,6 @@ class _TrackWriter:
         self.frames: list[dict] = []
         self.mot: list[MotBox] = []
         self._trails: dict[int, deque] = defaultdict(lambda: deque(maxlen=trail))
-        self._last: tuple[int, np.ndarray] | None = None
         self._csv_file = (out_dir / "tracks.csv").open("w", newline="")
         self._csv = csv.writer(self._csv_file)
         self._csv.writerow(["frame", "track_id", "class", "score", "x1", "y1", "x2", "y2", "speed_kmh"])
@@ -152,14 +150,10 @@ class _TrackWriter:
             name = result.name if Path(result.name).suffix else f"{result.name}.png"
             save_image(self.out_dir / name, image)
             return
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         if self.video is None:
-            self.video = VideoFile(self.video_path, self.source.fps or _DEFAULT_FPS, (bgr.shape[1], bgr.shape[0]))
-        previous_index, previous = self._last or (result.index - 1, bgr)
-        for _ in range(result.index - previous_index - 1):  # undecodable frames hold the last picture
-            self.video.write(previous)
-        self.video.write(bgr)
-        self._last = (result.index, bgr)
+            size = self.source.frame_size or (image.shape[1], image.shape[0])
+            self.video = VideoFile(self.video_path, self.source.fps or DEFAULT_FPS, size)
+        self.video.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), result.index)  # skipped frames hold the last picture
 
     def _draw(self, image: np.ndarray, tracks: list[dict], counts: dict[str, Any]) -> np.ndarray:
         texts = [f"#{t['track_id']} {t['class']}" + (f" {t['speed_kmh']:.0f} km/h" if t["speed_kmh"] is not None else "")
@@ -204,6 +198,42 @@ def _counts(lines: list[LineCounter], zones: list[ZoneCounter], events: list[Cou
     }
 
 
+class _FrameSteps:
+    """Everything after the model for one frame: ByteTrack, the counters and the speeds; the tracker's own time."""
+
+    def __init__(self, config: TrackConfig, class_names: list[str], lines: list[LineCounter],
+                 zones: list[ZoneCounter], speed: SpeedEstimator | None, fps: float) -> None:
+        self.tracker = ByteTracker(
+            high_thresh=config.high_thresh, low_thresh=config.low_thresh, new_track_thresh=config.new_track_thresh,
+            match_iou=config.match_iou, low_match_iou=config.low_match_iou,
+            tentative_match_iou=config.tentative_match_iou, max_lost=config.max_lost)
+        self.class_names, self.lines, self.zones, self.speed, self.fps = class_names, lines, zones, speed, fps
+        self.events: list[CountEvent] = []
+        self.seconds = 0.0
+
+    def __call__(self, result: Any) -> tuple[Any, list[dict], dict[str, Any]]:
+        """A FrameResult -> (it, its track rows, the running counts drawn on it)."""
+        tick = time.perf_counter()
+        while self.tracker.frame < result.index:  # frames the source could not decode: predict only
+            self.tracker.update(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int))
+        found = result.detections
+        tracks = self.tracker.update(found.boxes.numpy(), found.scores.numpy(), found.labels.numpy())
+        self.seconds += time.perf_counter() - tick
+        time_s = result.index / self.fps
+        names = [self.class_names[t.label - 1] for t in tracks]
+        points = bottom_centre(np.array([t.detection for t in tracks]).reshape(-1, 4))
+        entries = [(t.track_id, name, point) for t, name, point in zip(tracks, names, points)]
+        for counter in [*self.lines, *self.zones]:
+            self.events += counter.update(result.index, time_s, entries)
+        speeds = self.speed.update(time_s, [t.track_id for t in tracks], points) if self.speed else {}
+        rows = [{"track_id": t.track_id, "class": name, "score": round(t.score, 4),
+                 "box": [round(float(v), 2) for v in t.detection], "speed_kmh": speeds.get(t.track_id)}
+                for t, name in zip(tracks, names)]
+        counts = {"lines": {c.name: {"left": c.total("left"), "right": c.total("right")} for c in self.lines},
+                  "zones": {z.name: z.occupancy[-1] for z in self.zones}}
+        return result, rows, counts
+
+
 def run_tracking(detector: FramePredictor, source: str | int | Path, out_dir: str | Path | None = None,
                  lines: Sequence[str] = (), zones: Sequence[str] = (), homography: str | Path | None = None,
                  config: TrackConfig | None = None, classes: Sequence[str] | None = None,
@@ -212,61 +242,46 @@ def run_tracking(detector: FramePredictor, source: str | int | Path, out_dir: st
     takes them (``x1,y1,x2,y2[:name]``, ``x1,y1,...,xn,yn[:name]``), ``homography`` a JSON file (`speed`)."""
     config = config or TrackConfig()
     line_specs, zone_specs, matrix = check_track_options(lines, zones, homography)
-    speed = SpeedEstimator(matrix, config.speed_window_s) if matrix is not None else None
     opened = open_source(source)
     try:
-        fps = opened.fps or _DEFAULT_FPS
+        fps = opened.fps or DEFAULT_FPS
         for name, start, end in line_specs:
             _check_inside(f"line {name}", np.array([start, end]), opened.frame_size)
         for name, points in zone_specs:
             _check_inside(f"zone {name}", points, opened.frame_size)
         line_counters = [LineCounter(name, start, end, config.line_tolerance) for name, start, end in line_specs]
         zone_counters = [ZoneCounter(name, points, fps) for name, points in zone_specs]
+        speed = SpeedEstimator(matrix, config.speed_window_s) if matrix is not None else None
+        step = _FrameSteps(config, list(detector.class_names), line_counters, zone_counters, speed, fps)
         out = new_run_dir("runs/track", opened.stem) if out_dir is None else prepare_out_dir(out_dir)
-        tracker = ByteTracker(config.high_thresh, config.low_thresh, config.new_track_thresh, config.match_iou,
-                              config.low_match_iou, config.tentative_match_iou, config.max_lost)
         writer = _TrackWriter(opened, out, list(detector.class_names), line_counters, zone_counters, config.trail)
         started = time.perf_counter()
-        events, model_seconds, tracker_seconds, seen = [], 0.0, 0.0, set()
-        sink, completed = BackgroundSink(writer.write, maxsize=2 * batch_size), False
-        try:
-            results = predict_frames(detector, opened, batch_size, score_thresh=config.low_thresh, classes=classes)
-            with contextlib.closing(results), tqdm(total=opened.total, unit="frame", desc=opened.stem) as bar:
-                for result in results:
-                    model_seconds += result.model_seconds
-                    tick = time.perf_counter()
-                    while tracker.frame < result.index:  # frames the source could not decode: predict only
-                        tracker.update(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int))
-                    found = result.detections
-                    tracks = tracker.update(found.boxes.numpy(), found.scores.numpy(), found.labels.numpy())
-                    tracker_seconds += time.perf_counter() - tick
-                    time_s = result.index / fps
-                    names = [detector.class_names[t.label - 1] for t in tracks]
-                    points = bottom_centre(np.array([t.detection for t in tracks]).reshape(-1, 4))
-                    entries = [(t.track_id, name, point) for t, name, point in zip(tracks, names, points)]
-                    for counter in [*line_counters, *zone_counters]:
-                        events += counter.update(result.index, time_s, entries)
-                    speeds = speed.update(time_s, [t.track_id for t in tracks], points) if speed else {}
-                    rows = [{"track_id": t.track_id, "class": name, "score": round(t.score, 4),
-                             "box": [round(float(v), 2) for v in t.detection], "speed_kmh": speeds.get(t.track_id)}
-                            for t, name in zip(tracks, names)]
-                    seen.update(t.track_id for t in tracks)
-                    counts = {"lines": {c.name: {"left": c.total("left"), "right": c.total("right")}
-                                        for c in line_counters},
-                              "zones": {z.name: z.occupancy[-1] for z in zone_counters}}
-                    sink.put((result, rows, counts))
-                    bar.update(1)
-            completed = True
-        finally:
-            try:
-                sink.close(discard=not completed)
-            finally:
-                writer.finish()
-        summary_counts = _counts(line_counters, zone_counters, events)
+        model_seconds = _track_into(writer, step, detector, opened, batch_size, config.low_thresh, classes)
+        summary_counts = _counts(line_counters, zone_counters, step.events)
         counts_path = out / "counts.json"
         counts_path.write_text(json.dumps({"source": opened.location, "fps": fps, **summary_counts}, indent=1))
     finally:
         opened.close()
-    return TrackSummary(opened.location, len(writer.frames), opened.skipped, len(seen), summary_counts,
-                        time.perf_counter() - started, model_seconds, tracker_seconds, out, writer.video_path,
+    return TrackSummary(opened.location, len(writer.frames), opened.skipped, step.tracker.next_id - 1, summary_counts,
+                        time.perf_counter() - started, model_seconds, step.seconds, out, writer.video_path,
                         out / "tracks.json", out / "tracks.csv", out / "tracks_mot.txt", counts_path)
+
+
+def _track_into(writer: _TrackWriter, step: _FrameSteps, detector: FramePredictor, source: Any, batch_size: int,
+                score_thresh: float, classes: Sequence[str] | None) -> float:
+    """The model's results through `step` into the writer thread (as `detect` does); returns the model's seconds."""
+    sink, completed, model_seconds = BackgroundSink(writer.write, maxsize=2 * batch_size), False, 0.0
+    try:
+        results = predict_frames(detector, source, batch_size, score_thresh=score_thresh, classes=classes)
+        with contextlib.closing(results), tqdm(total=source.total, unit="frame", desc=source.stem) as bar:
+            for result in results:
+                model_seconds += result.model_seconds
+                sink.put(step(result))
+                bar.update(1)
+        completed = True
+    finally:
+        try:
+            sink.close(discard=not completed)  # after a failure, queued frames are dropped, not drawn
+        finally:
+            writer.finish()
+    return model_seconds

@@ -47,25 +47,25 @@ class ScriptedCars:
         return out
 
 
-def _outputs_agree(summary) -> dict:
-    """The JSON, CSV, MOT file, counts and video of one run describe the same tracks; returns the JSON."""
-    payload = json.loads(summary.json_path.read_text())
+def _outputs_agree(out: Path, video: str) -> dict:
+    """The JSON, CSV, MOT file, counts and video in one run folder describe the same tracks; returns the JSON."""
+    payload = json.loads((out / "tracks.json").read_text())
     json_rows = [(f["frame"], t["track_id"], t["class"], *t["box"]) for f in payload["frames"] for t in f["tracks"]]
-    with summary.csv_path.open() as handle:
+    with (out / "tracks.csv").open() as handle:
         csv_rows = [(int(r["frame"]), int(r["track_id"]), r["class"], *(float(r[k]) for k in ("x1", "y1", "x2", "y2")))
                     for r in csv.DictReader(handle)]
     assert csv_rows == json_rows
-    mot = read_mot(summary.mot_path)
+    mot = read_mot(out / "tracks_mot.txt")
     assert sorted((b.frame - 1, b.track_id) for b in mot) == sorted((r[0], r[1]) for r in json_rows)
     by_key = {(r[0], r[1]): r[3:] for r in json_rows}
     assert all(np.allclose(by_key[(b.frame - 1, b.track_id)], b.box, atol=0.01) for b in mot)
-    counts = json.loads(summary.counts_path.read_text())
+    counts = json.loads((out / "counts.json").read_text())
     tracks_at = {(f["frame"], t["track_id"]) for f in payload["frames"] for t in f["tracks"]}
     assert all((e["frame"], e["track_id"]) in tracks_at for e in counts["events"])
     for name, line in counts["lines"].items():
         crossings = [e for e in counts["events"] if e["name"] == name and e["kind"] == "cross"]
         assert line["total"] == len(crossings) == line["left"] + line["right"]
-    with av.open(str(summary.annotated)) as container:
+    with av.open(str(out / video)) as container:
         assert sum(1 for _ in container.decode(video=0)) == len(payload["frames"])
     return payload
 
@@ -74,7 +74,7 @@ def test_scripted_clip_counts_and_outputs_agree(tmp_path):
     clip = _clip(tmp_path / "road.avi")
     summary = run_tracking(ScriptedCars(), str(clip), tmp_path / "out", lines=["0,60,160,60:gate"],
                            zones=["100,10,159,10,159,50,100,50:parking"], batch_size=4)
-    payload = _outputs_agree(summary)
+    payload = _outputs_agree(summary.out_dir, summary.annotated.name)
     ids = {t["track_id"] for f in payload["frames"] for t in f["tracks"]}
     assert ids == {1, 2} and summary.tracks == 2  # the ghost below low_thresh never becomes a track
     gate = summary.counts["lines"]["gate"]
@@ -93,11 +93,7 @@ def test_track_command_on_the_dashcam_clip(tiny_checkpoint, shared_data, tmp_pat
     for name in ("solidWhiteRight.mp4", "tracks.json", "tracks.csv", "counts.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "tracks_mot.txt").is_file()  # the tiny synthetic-trained checkpoint may find no real car
-    from detector.track.run import TrackSummary
-
-    summary = TrackSummary("clip", 0, 0, 0, {}, 0, 0, 0, out, out / "solidWhiteRight.mp4", out / "tracks.json",
-                           out / "tracks.csv", out / "tracks_mot.txt", out / "counts.json")
-    assert len(_outputs_agree(summary)["frames"]) == 221
+    assert len(_outputs_agree(out, "solidWhiteRight.mp4")["frames"]) == 221
 
 
 @pytest.mark.parametrize("option, value, message", [
