@@ -33,7 +33,7 @@ from detector.structures import Detections, DetectorError
 from detector.visualize import IMAGE_SUFFIXES, draw_detections, save_image
 
 __all__ = ["BackgroundSink", "DetectSummary", "Frame", "FrameResult", "Source", "VideoFile", "open_source",
-           "predict_frames", "run_detection"]
+           "predict_frames", "run_detection", "write_results"]
 
 DEFAULT_FPS = 25.0  # for the output mp4 when a webcam or stream does not report its rate
 _POLL_S = 0.1  # how often a blocked thread looks at its stop flag
@@ -369,23 +369,34 @@ def _show_latest(display: queue.Queue, title: str) -> bool:
     return (cv2.waitKey(1) & 0xFF) in (ord("q"), 27)
 
 
-def _detect_into(writer: _ResultWriter, detector: FramePredictor, source: Source, batch_size: int,
-                 score_thresh: float | None, classes: Sequence[str] | None, max_det: int | None) -> float:
-    """Stream the model's results into the writer thread; returns the seconds spent in ``predict_batch``."""
+class ResultWriter(Protocol):
+    """What `write_results` drives: ``write`` runs in the background thread, ``finish`` once at the end."""
+
+    display: queue.Queue | None
+
+    def write(self, item: Any) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+def write_results(writer: ResultWriter, results: Iterator[FrameResult], source: Source, batch_size: int,
+                  step: Callable[[FrameResult], Any] | None = None) -> float:
+    """Feed ``results`` (from `predict_frames`) to ``writer.write`` in a background thread, each first through
+    ``step`` in this thread when given (tracking); show frames when the writer has a display. Returns the seconds
+    spent in ``predict_batch``. After a failure the queued items are dropped, and the writer is always finished."""
     sink, completed, model_seconds = BackgroundSink(writer.write, maxsize=2 * batch_size), False, 0.0
     try:
-        results = predict_frames(detector, source, batch_size, score_thresh, classes, max_det)
         with contextlib.closing(results), tqdm(total=source.total, unit="frame", desc=source.stem) as bar:
             for result in results:
-                sink.put(result)
                 model_seconds += result.model_seconds
+                sink.put(step(result) if step else result)
                 bar.update(1)
                 if writer.display is not None and _show_latest(writer.display, f"detector: {source.stem}"):
                     break
         completed = True
     finally:
         try:
-            sink.close(discard=not completed)  # after a failure, queued frames are dropped, not drawn
+            sink.close(discard=not completed)
         finally:
             writer.finish()
     return model_seconds
@@ -407,7 +418,8 @@ def run_detection(detector: FramePredictor, source: str | int | Path, out_dir: s
             show = False
         writer = _ResultWriter(opened, out, detector.class_names, show)
         started = time.perf_counter()
-        model_seconds = _detect_into(writer, detector, opened, batch_size, score_thresh, classes, max_det)
+        results = predict_frames(detector, opened, batch_size, score_thresh, classes, max_det)
+        model_seconds = write_results(writer, results, opened, batch_size)
     finally:
         opened.close()
     found = sum(len(entry["detections"]) for entry in writer.entries)

@@ -10,7 +10,6 @@ its frame and time). Frame n of the video, the JSON and the CSV is source frame 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import re
@@ -22,7 +21,6 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from detector.config import TrackConfig
 from detector.runs import new_run_dir, prepare_out_dir
@@ -31,7 +29,7 @@ from detector.track.bytetrack import ByteTracker
 from detector.track.counting import CountEvent, LineCounter, ZoneCounter, bottom_centre, check_polygon
 from detector.track.mot import MotBox, write_mot
 from detector.track.speed import SpeedEstimator, read_homography
-from detector.video import DEFAULT_FPS, BackgroundSink, FramePredictor, VideoFile, open_source, predict_frames
+from detector.video import DEFAULT_FPS, FramePredictor, VideoFile, open_source, predict_frames, write_results
 from detector.visualize import PALETTE, draw_detections, save_image
 
 __all__ = ["TrackSummary", "check_track_options", "parse_line", "parse_zone", "run_tracking"]
@@ -130,6 +128,7 @@ class _TrackWriter:
         self.lines, self.zones, self.trail = lines, zones, trail
         self.video_path = out_dir / f"{source.stem}.mp4" if source.is_video else out_dir
         self.video: VideoFile | None = None
+        self.display = None  # no window while tracking
         self.frames: list[dict] = []
         self.mot: list[MotBox] = []
         self._trails: dict[int, deque] = defaultdict(lambda: deque(maxlen=trail))
@@ -256,7 +255,8 @@ def run_tracking(detector: FramePredictor, source: str | int | Path, out_dir: st
         out = new_run_dir("runs/track", opened.stem) if out_dir is None else prepare_out_dir(out_dir)
         writer = _TrackWriter(opened, out, list(detector.class_names), line_counters, zone_counters, config.trail)
         started = time.perf_counter()
-        model_seconds = _track_into(writer, step, detector, opened, batch_size, config.low_thresh, classes)
+        results = predict_frames(detector, opened, batch_size, score_thresh=config.low_thresh, classes=classes)
+        model_seconds = write_results(writer, results, opened, batch_size, step)
         summary_counts = _counts(line_counters, zone_counters, step.events)
         counts_path = out / "counts.json"
         counts_path.write_text(json.dumps({"source": opened.location, "fps": fps, **summary_counts}, indent=1))
@@ -266,22 +266,3 @@ def run_tracking(detector: FramePredictor, source: str | int | Path, out_dir: st
                         time.perf_counter() - started, model_seconds, step.seconds, out, writer.video_path,
                         out / "tracks.json", out / "tracks.csv", out / "tracks_mot.txt", counts_path)
 
-
-def _track_into(writer: _TrackWriter, step: _FrameSteps, detector: FramePredictor, source: Any, batch_size: int,
-                score_thresh: float, classes: Sequence[str] | None) -> float:
-    """The model's results through `step` into the writer thread (as `detect` does); returns the model's seconds."""
-    sink, completed, model_seconds = BackgroundSink(writer.write, maxsize=2 * batch_size), False, 0.0
-    try:
-        results = predict_frames(detector, source, batch_size, score_thresh=score_thresh, classes=classes)
-        with contextlib.closing(results), tqdm(total=source.total, unit="frame", desc=source.stem) as bar:
-            for result in results:
-                model_seconds += result.model_seconds
-                sink.put(step(result))
-                bar.update(1)
-        completed = True
-    finally:
-        try:
-            sink.close(discard=not completed)  # after a failure, queued frames are dropped, not drawn
-        finally:
-            writer.finish()
-    return model_seconds
