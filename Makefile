@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/detector demo
 
+# The browser test (tests/serve/test_browser.py) drives Debian's chromium; install it when missing (quietly, and
+# without failing where apt-get is not available: the test then skips, or fails when CI is set).
 test: $(STAMP) selective-search
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 || \
+	  echo "note: could not install chromium with apt-get; the browser test will not run"; }
 	$(PY) -m pytest
 
 # Selective search needs OpenCV contrib (cv2.ximgproc). The contrib wheel is a superset of the headless

@@ -20,7 +20,7 @@ import torch
 
 from detector.config import Config
 from detector.data.dataset import image_to_tensor
-from detector.data.images import load_image
+from detector.data.images import as_rgb_array
 from detector.data.transforms import build_transform
 from detector.checkpoint import load_detector
 from detector.detector import FastRCNN
@@ -67,16 +67,8 @@ class Detector:
                                 "run `detector eval` with that file, or use a checkpoint trained with the RPN")
         return cls(model, config, resolve_device(device), runtime, copy_model=False)  # the model is ours alone
 
-    @staticmethod
-    def _to_array(image: ImageInput) -> np.ndarray:
-        if isinstance(image, (str, Path)):
-            image = load_image(image)
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise DetectorError("predict expects image paths or (H, W, 3) uint8 RGB arrays")
-        return image
-
     def _to_tensor(self, image: ImageInput) -> tuple[torch.Tensor, tuple[int, int]]:
-        image = self._to_array(image)
+        image = as_rgb_array(image)
         resized = self.transform(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0, 4), np.float32)).image
         return image_to_tensor(resized), (image.shape[0], image.shape[1])
 
@@ -95,7 +87,7 @@ class Detector:
         if len(images) == 0:
             return []
         if self.config.eval.tta if tta is None else tta:
-            detections = self.tta.predict_arrays(self.model, [self._to_array(image) for image in images])
+            detections = self.tta.predict_arrays(self.model, [as_rgb_array(image) for image in images])
         else:
             tensors, sizes = zip(*(self._to_tensor(image) for image in images))
             detections = self.model.predict(list(tensors), list(sizes))

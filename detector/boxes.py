@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import torch
-from torchvision.ops import box_area, box_iou, clip_boxes_to_image
+from torchvision.ops import box_area, box_iou
 
 __all__ = [
     "BoxCoder",
@@ -54,9 +54,15 @@ def xyxy_to_cxcywh_norm(boxes: np.ndarray, width: int, height: int) -> np.ndarra
     return out / np.array([width, height, width, height], dtype=np.float64)
 
 
-def clip_boxes(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """Clip (..., 4) xyxy boxes to an image of (height, width) (torchvision.ops.clip_boxes_to_image)."""
-    return clip_boxes_to_image(boxes, (int(image_size[0]), int(image_size[1])))
+def clip_boxes(boxes: torch.Tensor, image_size: tuple[int, int] | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Clip (..., 4) xyxy boxes to an image of (height, width) (as torchvision.ops.clip_boxes_to_image). The size may
+    be 0-dim tensors (an image's traced shape when exporting to ONNX) as well as ints."""
+    height, width = (torch.as_tensor(v, dtype=boxes.dtype, device=boxes.device) for v in image_size)
+    zero = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
+    xs = torch.minimum(torch.maximum(boxes[..., 0::2], zero), width)
+    ys = torch.minimum(torch.maximum(boxes[..., 1::2], zero), height)
+    # (..., 2) and (..., 2) -> (..., 2, 2) [[x1, y1], [x2, y2]] -> (..., 4) x1, y1, x2, y2
+    return torch.stack((xs, ys), dim=-1).reshape(boxes.shape)
 
 
 def nondegenerate(boxes: torch.Tensor, min_size: float = 1e-3) -> torch.Tensor:

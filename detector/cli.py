@@ -58,8 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the backbone runs (as in detect): torch (the default, as training validates), onnx, auto")
     _add_overrides(p)
 
-    p = sub.add_parser("detect", help="detect cars in an image, folder, glob, video, webcam index or stream URL")
+    p = sub.add_parser("export", help="the whole detector as one ONNX file (runs without torch: detect and serve take it)")
     p.add_argument("checkpoint")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", help="output file (default: the checkpoint's path with .onnx); never overwritten")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip running the file in ONNX Runtime against PyTorch on two image sizes")
+    _add_overrides(p)
+
+    p = sub.add_parser("detect", help="detect cars in an image, folder, glob, video, webcam index or stream URL")
+    p.add_argument("checkpoint", help="a checkpoint (.pt) or an exported model (.onnx: ONNX Runtime, no torch)")
     p.add_argument("source")
     p.add_argument("--out", help="output folder (default runs/detect/<name>)")
     p.add_argument("--classes", nargs="+", help="only these class names")
@@ -88,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto")
     _add_overrides(p)
+
+    p = sub.add_parser("serve", help="an HTTP service with a web page: POST images and videos, get boxes (FastAPI)")
+    from detector.serve.settings import add_arguments  # argparse only: FastAPI and the model load when it runs
+
+    add_arguments(p)
 
     p = sub.add_parser("eval-track", help="MOTA, IDF1, HOTA, ID switches of a MOTChallenge file against ground truth")
     p.add_argument("predicted", help="MOTChallenge txt written by `detector track` (tracks_mot.txt)")
@@ -182,9 +195,7 @@ def one_sentence(error: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     warnings.formatwarning = _one_line_warning
-    from detector.structures import DetectorError
-
-    from detector.engine import StopRequested
+    from detector.errors import DetectorError, StopRequested  # torch-free: detect and serve on an ONNX file need no torch
 
     try:
         from detector import commands

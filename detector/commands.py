@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from detector.config import Config, apply_overrides, load_config
 from detector.runs import json_safe
-from detector.structures import Dataset, DetectorError
+from detector.errors import DetectorError
+
+if TYPE_CHECKING:
+    from detector.structures import Dataset
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -85,13 +89,38 @@ def read_dataset_for_checkpoint(config: Config, path: str, checkpoint: str) -> D
     return read_split(config.data, path, list(config.model.class_names))
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from detector.export import OPSET, export_onnx
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    written = export_onnx(args.checkpoint, out, args.overrides, check=not args.no_check)
+    checked = "" if args.no_check else ", checked against PyTorch on two image sizes"
+    print(f"wrote {written} (ONNX opset {OPSET}, {written.stat().st_size / 2**20:.1f} MiB{checked})")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from detector.serve.settings import run
+
+    return run(args)
+
+
 def run_detect(args: argparse.Namespace) -> int:
-    from detector.api import Detector
     from detector.video import run_detection
 
-    detector = Detector.load(args.checkpoint, device=args.device, runtime=args.runtime)
-    print(f"backbone runtime: {detector.runtime} on {detector.device}")
-    batch_size = args.batch_size or (8 if detector.device.type == "cuda" else 1)
+    if args.checkpoint.endswith(".onnx"):  # the exported graph in ONNX Runtime: no torch imported
+        from detector.export import OnnxDetector
+
+        if args.device not in ("auto", "cpu") or args.runtime not in ("auto", "onnx"):
+            raise DetectorError("an exported .onnx model runs on the CPU in ONNX Runtime: drop --device and --runtime")
+        detector, batch_size = OnnxDetector(args.checkpoint), args.batch_size or 1
+        print(f"runtime: ONNX Runtime, the whole graph ({args.checkpoint})")
+    else:
+        from detector.api import Detector
+
+        detector = Detector.load(args.checkpoint, device=args.device, runtime=args.runtime)
+        print(f"backbone runtime: {detector.runtime} on {detector.device}")
+        batch_size = args.batch_size or (8 if detector.device.type == "cuda" else 1)
     summary = run_detection(
         detector, args.source, out_dir=Path(args.out) if args.out else None, classes=args.classes,
         score_thresh=args.score_thresh, max_det=args.max_det, batch_size=batch_size, show=args.show,

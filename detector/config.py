@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from detector.structures import DetectorError
+from detector.errors import DetectorError
 
 
 @dataclass

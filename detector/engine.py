@@ -24,6 +24,7 @@ from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from detector import distributed as dist
+from detector.errors import StopRequested
 from detector.distributed import resolve_device
 from detector.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from detector.config import Config
@@ -37,15 +38,6 @@ from detector.optim import ModelEMA, build_optimizer, build_scheduler
 from detector.runs import MetricsLogger, new_run_dir, plot_curves
 from detector.structures import Dataset, DetectorError, Targets
 from detector.tta import build_tta
-
-
-class StopRequested(Exception):
-    """Raised inside the loop after SIGINT/SIGTERM, once a resumable checkpoint is saved."""
-
-    def __init__(self, signum: int, checkpoint: Path) -> None:
-        super().__init__(f"stopped by signal {signum}; resumable checkpoint saved to {checkpoint}")
-        self.signum = signum
-        self.checkpoint = checkpoint
 
 
 class EpochSampler(Sampler[int]):

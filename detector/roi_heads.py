@@ -44,6 +44,7 @@ __all__ = [
     "fast_rcnn_losses",
     "label_and_sample",
     "select_detections",
+    "select_image_detections",
 ]
 
 # Default multiplier of each box loss (model.box_loss_weight=0), on the box coder's (10, 10, 5, 5) deltas.
@@ -219,18 +220,29 @@ def select_detections(
 ) -> list[dict[str, torch.Tensor]]:
     """Clip, threshold, per-class NMS and cap. scores (R, K+1) after softmax; boxes (R, K, 4) xyxy, one per
     foreground class; ``counts`` ROIs per image. Per image {boxes (D, 4), scores (D,), labels (D,) in 1..K}."""
-    num_classes = scores.shape[1] - 1
-    results = []
-    for image_scores, image_boxes, size in zip(scores.split(counts), boxes.split(counts), image_sizes):
-        # (R, K, 4) -> (R*K, 4), class-major within each ROI
-        image_boxes = clip_boxes(image_boxes, size).reshape(-1, 4)
-        labels = torch.arange(1, num_classes + 1, device=image_boxes.device).repeat(len(image_scores))
-        image_scores = image_scores[:, 1:].reshape(-1)
-        keep = (image_scores > score_thresh) & nondegenerate(image_boxes)
-        image_boxes, image_scores, labels = image_boxes[keep], image_scores[keep], labels[keep]
-        keep = batched_nms(image_boxes, image_scores, labels, nms_thresh)[:detections_per_image]
-        results.append({"boxes": image_boxes[keep], "scores": image_scores[keep], "labels": labels[keep]})
-    return results
+    return [select_image_detections(image_scores, image_boxes, size, score_thresh, nms_thresh, detections_per_image)
+            for image_scores, image_boxes, size in zip(scores.split(counts), boxes.split(counts), image_sizes)]
+
+
+def select_image_detections(
+    scores: torch.Tensor,
+    boxes: torch.Tensor,
+    image_size: tuple[int, int] | tuple[torch.Tensor, torch.Tensor],
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_image: int,
+) -> dict[str, torch.Tensor]:
+    """`select_detections` for one image: scores (R, K+1), boxes (R, K, 4). Traceable (detector.export_graph):
+    no size is read into a Python number."""
+    # (R, K, 4) -> (R*K, 4), class-major within each ROI
+    boxes = clip_boxes(boxes, image_size).reshape(-1, 4)
+    foreground = scores[:, 1:]
+    labels = torch.arange(1, foreground.shape[1] + 1, device=boxes.device).expand_as(foreground).reshape(-1)
+    scores = foreground.reshape(-1)
+    keep = (scores > score_thresh) & nondegenerate(boxes)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_image]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
 class RoIHeads(nn.Module):

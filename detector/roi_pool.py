@@ -385,7 +385,7 @@ class RoIPool(nn.Module):
             return roi_pool(features[0], rois, spatial_scale=self.spatial_scales[0], **pool)
         min_level, max_level = self.levels
         level = assign_fpn_levels(rois[:, 1:], min_level, max_level) - min_level
-        pooled = features[0].new_zeros(len(rois), features[0].shape[1], *self.output_size)
+        pooled = features[0].new_zeros((rois.shape[0], features[0].shape[1], *self.output_size))
         for index, (feature_map, scale) in enumerate(zip(features, self.spatial_scales, strict=True)):
             selected = torch.nonzero(level == index).squeeze(1)
             pooled[selected] = roi_pool(feature_map, rois[selected], spatial_scale=scale, **pool)
@@ -394,11 +394,8 @@ class RoIPool(nn.Module):
 
 def _rois_from_boxes(boxes_per_image: list[torch.Tensor], reference: torch.Tensor) -> torch.Tensor:
     """N tensors (R_i, 4) xyxy -> (sum R_i, 5) [batch_index, x1, y1, x2, y2] float32 on reference's device."""
-    rois = [
-        torch.cat(
-            [torch.full((len(boxes), 1), float(i), device=reference.device), boxes.to(reference.device, torch.float32)],
-            1,
-        )
-        for i, boxes in enumerate(boxes_per_image)
-    ]
+    rois = []
+    for i, boxes in enumerate(boxes_per_image):
+        boxes = boxes.to(reference.device, torch.float32)
+        rois.append(torch.cat([torch.full_like(boxes[:, :1], float(i)), boxes], 1))  # traceable: no len()
     return torch.cat(rois) if rois else torch.zeros((0, 5), device=reference.device)

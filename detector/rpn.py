@@ -124,11 +124,10 @@ class RPN(nn.Module):
             raise ValueError(f"RPN: got {len(targets)} targets for a batch of {len(batch)} images")
         objectness_per_level, deltas_per_level = self.head(features)
         anchors_per_level = self.anchor_generator(features)
-        num_anchors_per_level = [len(anchors) for anchors in anchors_per_level]
         anchors = torch.cat(anchors_per_level).float()  # (T, 4)
         objectness_logits, pred_deltas = flatten_head_outputs(objectness_per_level, deltas_per_level)
         proposals, _ = self.filter_proposals(
-            objectness_logits.detach(), pred_deltas.detach(), anchors, num_anchors_per_level, batch.image_sizes
+            objectness_logits.detach(), pred_deltas.detach(), anchors, anchor_levels(anchors_per_level), batch.image_sizes
         )
         if targets is None:
             return proposals, {}
@@ -188,28 +187,27 @@ class RPN(nn.Module):
         objectness_logits: torch.Tensor,
         pred_deltas: torch.Tensor,
         anchors: torch.Tensor,
-        num_anchors_per_level: list[int],
+        levels: torch.Tensor,
         image_sizes: list[tuple[int, int]],
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Decoded, clipped, size-filtered, top-N, NMS'd proposals per image.
 
-        objectness_logits: (N, T); pred_deltas: (N, T, 4); anchors: (T, 4) xyxy; image_sizes: per image
-        (height, width) before padding. Returns proposals (P_i, 4) xyxy inside their image and their
-        objectness scores (P_i,) in [0, 1], sorted by decreasing score, P_i <= post_nms_top_n.
+        objectness_logits: (N, T); pred_deltas: (N, T, 4); anchors: (T, 4) xyxy; levels: (T,) int64 feature level
+        of each anchor (`anchor_levels`); image_sizes: per image (height, width) before padding. Returns proposals
+        (P_i, 4) xyxy inside their image and their objectness scores (P_i,) in [0, 1], sorted by decreasing score,
+        P_i <= post_nms_top_n. Written for tracing too (detector.export_graph): sizes stay tensors.
         """
         mode = 0 if self.training else 1
         num_images, num_anchors = objectness_logits.shape
         # (N, T, 4) -> (N*T, 4) to decode every image against the shared anchors, -> (N, T, 4)
         decoded = self.box_coder.decode(pred_deltas.float().reshape(-1, 4), anchors.repeat(num_images, 1))
         decoded = decoded.reshape(num_images, num_anchors, 4)
-        levels = torch.cat(
-            [torch.full((n,), level, dtype=torch.int64) for level, n in enumerate(num_anchors_per_level)]
-        ).to(anchors.device)  # (T,)
+        num_levels = len(self.anchor_generator.strides)
         proposals, scores = [], []
         for boxes, logits, image_size in zip(decoded, objectness_logits.float(), image_sizes):
             boxes = clip_boxes(boxes, image_size)
             keep = self._large_enough(boxes)
-            keep = keep[_top_n_per_level(logits[keep], levels[keep], self.pre_nms_top_n[mode])]
+            keep = keep[_top_n_per_level(logits[keep], levels[keep], self.pre_nms_top_n[mode], num_levels)]
             keep = keep[batched_nms(boxes[keep], logits[keep], levels[keep], self.nms_thresh)]
             keep = keep[: self.post_nms_top_n[mode]]  # batched_nms sorts by decreasing score
             proposals.append(boxes[keep])
@@ -223,17 +221,21 @@ class RPN(nn.Module):
         return torch.nonzero(large & torch.isfinite(boxes).all(dim=1)).flatten()
 
 
-def _top_n_per_level(scores: torch.Tensor, levels: torch.Tensor, top_n: int) -> torch.Tensor:
-    """Indices into (K,) scores of the top_n highest of each level (levels: (K,) level ids).
+def anchor_levels(anchors_per_level: list[torch.Tensor]) -> torch.Tensor:
+    """Per level (T_l, 4) anchors -> (T,) int64: the level of each anchor of their concatenation."""
+    return torch.cat([torch.full_like(anchors[:, 0], level, dtype=torch.int64)
+                      for level, anchors in enumerate(anchors_per_level)])
+
+
+def _top_n_per_level(scores: torch.Tensor, levels: torch.Tensor, top_n: int, num_levels: int) -> torch.Tensor:
+    """Indices into (K,) scores of the top_n highest of each level (levels: (K,) ids in 0..num_levels-1).
 
     Per level rather than overall so the many fine-level anchors cannot crowd out the coarse levels
-    that find large objects.
+    that find large objects. A sort and a slice rather than topk(min(top_n, count)): the count of a level is
+    data, and under tracing (ONNX export) it would be frozen at the traced image's.
     """
     kept = []
-    for level in torch.unique(levels):
+    for level in range(num_levels):
         in_level = torch.nonzero(levels == level).flatten()
-        best = scores[in_level].topk(min(top_n, in_level.numel())).indices
-        kept.append(in_level[best])
-    if not kept:
-        return torch.zeros(0, dtype=torch.int64, device=scores.device)
+        kept.append(in_level[scores[in_level].argsort(descending=True)[:top_n]])
     return torch.cat(kept)

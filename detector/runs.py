@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from detector.structures import DetectorError
+from detector.errors import DetectorError
 
 
 def new_run_dir(output_dir: str | Path, name: str) -> Path:

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from detector.data.images import IMAGE_EXTENSIONS, list_images, load_image
-from detector.structures import DetectorError
+from detector.errors import DetectorError
 
 __all__ = ["Frame", "Source", "VIDEO_EXTENSIONS", "open_source"]
 

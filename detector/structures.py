@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from detector.errors import DetectorError  # re-exported: most modules import it from here
+from detector.results import DetectionsFormat
+
+__all__ = ["BACKGROUND", "Dataset", "DatasetReport", "Detections", "DetectorError", "ImageBatch", "ImageRecord", "Targets"]
+
 BACKGROUND = 0
-
-
-class DetectorError(Exception):
-    """A user-facing failure: its message is one sentence naming the file, field or option."""
 
 
 def _as_boxes(boxes, name: str) -> np.ndarray:
@@ -148,7 +149,7 @@ class Targets:
 
 
 @dataclass
-class Detections:
+class Detections(DetectionsFormat):
     """Detections for one image, in original image pixels.
 
     boxes: (D, 4) float32 xyxy; scores: (D,) float32 in [0, 1]; labels: (D,) int64 in 1..K;
@@ -160,27 +161,12 @@ class Detections:
     labels: torch.Tensor
     class_names: list[str] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    @property
-    def names(self) -> list[str]:
-        """Class name of every detection."""
-        return [self.class_names[int(label) - 1] if self.class_names else str(int(label)) for label in self.labels]
-
     def to(self, device: torch.device | str) -> "Detections":
         return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device), self.class_names)
 
     def filter(self, keep: torch.Tensor) -> "Detections":
         """Keep the detections selected by a boolean mask or index tensor."""
         return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], self.class_names)
-
-    def to_list(self) -> list[dict]:
-        """JSON-ready list: one dict per detection with box (xyxy), score, label and class name."""
-        return [
-            {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4), "label": int(label), "class": name}
-            for box, score, label, name in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(), self.names)
-        ]
 
 
 @dataclass

@@ -21,16 +21,19 @@ import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from detector.errors import DetectorError
 from detector.runs import new_run_dir, prepare_out_dir
 from detector.sources import Frame, Source, open_source
-from detector.structures import Detections, DetectorError
 from detector.visualize import IMAGE_SUFFIXES, draw_detections, save_image
+
+if TYPE_CHECKING:  # video I/O needs no torch: the ONNX predictor (detector.export) runs it without
+    from detector.structures import Detections
 
 __all__ = ["BackgroundSink", "DetectSummary", "Frame", "FrameResult", "Source", "VideoFile", "open_source",
            "predict_frames", "run_detection", "write_results"]
@@ -272,8 +275,7 @@ class _ResultWriter:
 
     def write(self, result: FrameResult) -> None:
         found = result.detections.to("cpu")  # a GPU detector may hand back device tensors
-        annotated = draw_detections(result.image, found.boxes.numpy(), found.labels.numpy(), self.class_names,
-                                    scores=found.scores.numpy())
+        annotated = draw_detections(result.image, found.boxes, found.labels, self.class_names, scores=found.scores)
         rows = found.to_list()
         if self.source.is_video:
             self._write_video_frame(annotated, result.index)

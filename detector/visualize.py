@@ -15,14 +15,15 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
-from detector.data.dataset import DetectionDataset
-from detector.data.transforms import build_transform
-from detector.structures import Dataset, DetectorError
+from detector.errors import DetectorError
+
+if TYPE_CHECKING:  # drawing needs no torch; only show_dataset does, and imports it when called
+    from detector.structures import Dataset
 
 __all__ = ["IGNORE_COLOR", "class_color", "draw_detections", "image_grid", "save_image", "show_dataset"]
 
@@ -224,6 +225,10 @@ def show_dataset(dataset: Dataset, out: Path, augment: Any | None, max_size: int
     count = min(num, len(dataset.records))
     chosen = np.random.default_rng(seed).choice(len(dataset.records), size=count, replace=False)
     records = [dataset.records[i] for i in sorted(chosen.tolist())]
+    from detector.data.dataset import DetectionDataset
+    from detector.data.transforms import build_transform
+    from detector.structures import Dataset
+
     transform = build_transform(augment, max_size, train=augment is not None)
     data = DetectionDataset(Dataset(dataset.class_names, records), transform, seed=seed)
     tiles = []

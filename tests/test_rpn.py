@@ -195,7 +195,7 @@ def test_filter_proposals_keeps_top_n_per_level_and_suppresses_duplicates() -> N
         ]
     )
     logits = torch.tensor([[3.0, 2.0, 1.0, -5.0, 9.0]])
-    proposals, scores = rpn.filter_proposals(logits, torch.zeros(1, 5, 4), anchors, [3, 2], [(64, 64)])
+    proposals, scores = rpn.filter_proposals(logits, torch.zeros(1, 5, 4), anchors, torch.tensor([0, 0, 0, 1, 1]), [(64, 64)])
     torch.testing.assert_close(proposals[0], anchors[[0, 3]])
     torch.testing.assert_close(scores[0], torch.sigmoid(torch.tensor([3.0, -5.0])))
 

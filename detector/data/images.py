@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from detector.structures import DetectorError
+from detector.errors import DetectorError
 
 __all__ = ["IMAGE_EXTENSIONS", "check_image_file", "list_images", "load_image", "load_image_with_info", "read_image_size", "to_rgb8"]
 
@@ -105,6 +105,15 @@ def load_image(path: str | Path) -> np.ndarray:
     Raises DetectorError for a missing file or one that cannot be decoded.
     """
     return load_image_with_info(path)[0]
+
+
+def as_rgb_array(image: str | Path | np.ndarray) -> np.ndarray:
+    """What the predictors take: an image path (decoded) or an (H, W, 3) uint8 RGB array (returned as is)."""
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise DetectorError("predict expects image paths or (H, W, 3) uint8 RGB arrays")
+    return image
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:
