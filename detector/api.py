@@ -4,6 +4,7 @@
     det = Detector.load("runs/x/best.pt")
     detections = det.predict("street.jpg")          # or an RGB array, or a list of either
     detections = det.predict("street.jpg", tta=True)  # test-time augmentation (detector.tta, eval.tta_* keys)
+    detections = det.predict("4k_drone.jpg", slice=640)  # tile by tile at native resolution (detector.slicing)
     for frame in det.predict_video("clip.mp4"):     # per-frame results
         print(frame.index, len(frame.detections))
     summary = det.track("clip.mp4", lines=["0,300,960,300:gate"])  # IDs, counts, outputs in runs/track/
@@ -81,9 +82,17 @@ class Detector:
 
     def predict_batch(self, images: Sequence[ImageInput], score_thresh: float | None = None,
                       classes: Sequence[str] | None = None, max_det: int | None = None,
-                      tta: bool | None = None) -> list[Detections]:
+                      tta: bool | None = None, slice: int | str | None = None,
+                      overlap: float = 0.2) -> list[Detections]:
         """Detections for each image, boxes in that image's pixels. ``tta``: fuse several sizes and mirrored views
-        (detector.tta; None = the config's eval.tta)."""
+        (detector.tta; None = the config's eval.tta). ``slice``: predict each image tile by tile, tiles of this many
+        px overlapping by ``overlap`` (detector.slicing; ``"auto"``: tiles of data.max_size when the longest side
+        exceeds twice data.max_size); None (the default): the whole image at data.max_size."""
+        if slice is not None:
+            from detector.slicing import predict_sliced
+
+            return [predict_sliced(self, image, slice, overlap, score_thresh=score_thresh, classes=classes,
+                                   max_det=max_det, tta=tta) for image in images]
         if len(images) == 0:
             return []
         if self.config.eval.tta if tta is None else tta:
@@ -95,11 +104,13 @@ class Detector:
 
     def predict(self, images: ImageInput | Sequence[ImageInput], score_thresh: float | None = None,
                 classes: Sequence[str] | None = None, max_det: int | None = None,
-                tta: bool | None = None) -> Detections | list[Detections]:
-        """One image (path or RGB array) -> Detections; a list -> list[Detections]. ``tta`` as in `predict_batch`."""
+                tta: bool | None = None, slice: int | str | None = None,
+                overlap: float = 0.2) -> Detections | list[Detections]:
+        """One image (path or RGB array) -> Detections; a list -> list[Detections]. ``tta``, ``slice`` and
+        ``overlap`` as in `predict_batch`."""
         if isinstance(images, (str, Path, np.ndarray)):
-            return self.predict_batch([images], score_thresh, classes, max_det, tta)[0]
-        return self.predict_batch(list(images), score_thresh, classes, max_det, tta)
+            return self.predict_batch([images], score_thresh, classes, max_det, tta, slice, overlap)[0]
+        return self.predict_batch(list(images), score_thresh, classes, max_det, tta, slice, overlap)
 
     def _select(self, detections: Detections, score_thresh: float | None, classes: Sequence[str] | None,
                 max_det: int | None) -> Detections:

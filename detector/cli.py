@@ -26,6 +26,41 @@ _SCORE = _number(float, 0.0, 1.0, "a score in [0, 1]")
 _COUNT = _number(int, 1, None, "an integer of at least 1")
 
 
+def _slice_size(text: str) -> int | str:
+    """--slice: 'auto' or a tile size of at least 64 px (detector.slicing.MIN_SLICE, not imported: it is torch-free
+    but loads numpy and OpenCV, which `detector -h` does not need)."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 64:
+        raise argparse.ArgumentTypeError(f"expected a tile size of at least 64 pixels or 'auto', got {text!r}")
+    return value
+
+
+def _overlap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 0.9:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a fraction of the tile in [0, 0.9), got {text!r}")
+    return value
+
+
+def _add_slicing(parser: argparse.ArgumentParser) -> None:
+    """Sliced inference (detector.slicing) for frames much larger than data.max_size."""
+    parser.add_argument("--slice", type=_slice_size, metavar="SIZE|auto",
+                        help="predict tile by tile at native resolution, tiles of SIZE px (data.max_size: native); "
+                             "auto: tiles of data.max_size for frames longer than twice it")
+    parser.add_argument("--overlap", type=_overlap, default=None, help="tile overlap, a fraction of SIZE (default 0.2)")
+    parser.add_argument("--slice-merge", choices=("nmm", "nms"), default=None,
+                        help="merge across tiles: nmm (default: a car cut by a border becomes one box) or nms")
+    parser.add_argument("--no-full-frame", action="store_true", help="skip the whole-frame pass (for large cars)")
+
+
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.epochs=5")
 
@@ -56,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the checkpoint config's validation or test block (data.val_filter / data.test_filter)")
     p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="torch",
                    help="how the backbone runs (as in detect): torch (the default, as training validates), onnx, auto")
+    _add_slicing(p)
     _add_overrides(p)
 
     p = sub.add_parser("export", help="the whole detector as one ONNX file (runs without torch: detect and serve take it)")
@@ -80,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
                    help="how the backbone runs: onnx (ONNX Runtime, the default on CPU), torch (PyTorch, channels_last "
                         "on CPU; the default on CUDA)")
+    _add_slicing(p)
 
     p = sub.add_parser("track", help="track and count cars in a video, stream or image sequence (ByteTrack)")
     p.add_argument("checkpoint")

@@ -41,10 +41,17 @@ def run_eval(args: argparse.Namespace) -> int:
     from detector.runs import new_run_dir, prepare_out_dir
     from detector.runtime import prepare_for_inference
 
+    slicing = slicing_options(args)
     model, config = load_detector(args.checkpoint, [*args.overrides, f"data.format={args.format}"])
     device = resolve_device(config.train.device)
     model.to(device)
-    runtime = prepare_for_inference(model, args.runtime, device)
+    if slicing:  # every image predicted tile by tile through the API (detector.slicing), which prepares the model
+        from detector.api import Detector
+
+        detector = Detector(model, config, device, args.runtime, copy_model=False)
+        runtime = detector.runtime
+    else:
+        runtime = prepare_for_inference(model, args.runtime, device)
     dataset = read_dataset_for_checkpoint(config, args.dataset, args.checkpoint)
     if args.split:
         key = f"data.{args.split}_filter"
@@ -60,7 +67,12 @@ def run_eval(args: argparse.Namespace) -> int:
             raise DetectorError(f"--filter '{args.filter}' matches no image of {args.dataset}")
     out = prepare_out_dir(args.out) if args.out else new_run_dir("runs/eval", Path(args.checkpoint).parent.name)
     report_datasets({"eval": dataset}, out)
-    output = evaluate(model, dataset, config, device)
+    if slicing:
+        from detector.slicing import evaluate_sliced
+
+        output = evaluate_sliced(detector, dataset, **slicing)
+    else:
+        output = evaluate(model, dataset, config, device)
     result = output.result
     print(f"backbone runtime: {runtime} on {device}")
     print(result.table())
@@ -71,6 +83,19 @@ def run_eval(args: argparse.Namespace) -> int:
     (out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
     print(f"wrote {out}/metrics.json, detections.json, ground_truth.json, pr_curves.png, confusion_matrix.png")
     return 0
+
+
+def slicing_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of detector.slicing from --slice, --overlap, --slice-merge, --no-full-frame; {} without
+    --slice (the other three then have nothing to act on: one sentence)."""
+    if args.slice is None:
+        given = [name for name, value in (("--overlap", args.overlap), ("--slice-merge", args.slice_merge),
+                                          ("--no-full-frame", args.no_full_frame or None)) if value is not None]
+        if given:
+            raise DetectorError(f"{', '.join(given)} only apply to sliced inference: add --slice SIZE or --slice auto")
+        return {}
+    return {"size": args.slice, "overlap": 0.2 if args.overlap is None else args.overlap,
+            "merge": args.slice_merge or "nmm", "full_frame": not args.no_full_frame}
 
 
 def read_dataset_for_checkpoint(config: Config, path: str, checkpoint: str) -> Dataset:
@@ -108,6 +133,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_detect(args: argparse.Namespace) -> int:
     from detector.video import run_detection
 
+    slicing = slicing_options(args)
     if args.checkpoint.endswith(".onnx"):  # the exported graph in ONNX Runtime: no torch imported
         from detector.export import OnnxDetector
 
@@ -121,6 +147,12 @@ def run_detect(args: argparse.Namespace) -> int:
         detector = Detector.load(args.checkpoint, device=args.device, runtime=args.runtime)
         print(f"backbone runtime: {detector.runtime} on {detector.device}")
         batch_size = args.batch_size or (8 if detector.device.type == "cuda" else 1)
+    if slicing:  # frames one at a time, their tiles batch_size at a time
+        from detector.slicing import SlicedPredictor
+
+        detector, batch_size = SlicedPredictor(detector, **slicing, batch_size=batch_size), 1
+        print(f"sliced inference: tiles of {slicing['size']} px, overlap {slicing['overlap']}, "
+              f"merge {slicing['merge']}, full-frame pass {'on' if slicing['full_frame'] else 'off'}")
     summary = run_detection(
         detector, args.source, out_dir=Path(args.out) if args.out else None, classes=args.classes,
         score_thresh=args.score_thresh, max_det=args.max_det, batch_size=batch_size, show=args.show,

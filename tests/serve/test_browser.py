@@ -54,8 +54,10 @@ def served(tiny_checkpoint: Path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    predictor = CountingPredictor(load_predictor(tiny_checkpoint))
-    app = create_app(predictor, Settings(model_name=tiny_checkpoint.name, port=port))
+    # DETECTOR_SCREENSHOT_MODEL: a trained model for the README's screenshot (with DETECTOR_SAVE_SCREENSHOT=1)
+    model = Path(os.environ.get("DETECTOR_SCREENSHOT_MODEL") or tiny_checkpoint)
+    predictor = CountingPredictor(load_predictor(model))
+    app = create_app(predictor, Settings(model_name=model.name, port=port))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -106,7 +108,7 @@ def test_page_draws_lists_and_filters_detections(served, browser, shared_data: P
     from selenium.webdriver.support.ui import WebDriverWait
 
     base, predictor = served
-    image = sorted((shared_data / "kitti_tiny" / "training" / "image_2").glob("*.jpeg"))[0]
+    image = shared_data / "kitti_tiny" / "training" / "image_2" / "000047.jpeg"  # a validation frame with cars
     browser.get(f"{base}/")
     WebDriverWait(browser, 20).until(lambda d: "classes:" in d.find_element("id", "model").text)
     browser.find_element("id", "file").send_keys(str(image))
@@ -137,7 +139,7 @@ def test_page_draws_lists_and_filters_detections(served, browser, shared_data: P
         previous = rows
     assert predictor.calls == calls
 
-    _set_slider(browser, 0.1)
+    _set_slider(browser, 0.5)
     target = SCREENSHOT if os.environ.get("DETECTOR_SAVE_SCREENSHOT") == "1" else tmp_path / "page.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(target)) and target.stat().st_size > 0
