@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the checkpoint config's validation or test block (data.val_filter / data.test_filter)")
     p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="torch",
                    help="how the backbone runs (as in detect): torch (the default, as training validates), onnx, auto")
+    p.add_argument("--corrupt", metavar="NAME:SEVERITY[,...]|NAME|all",
+                   help="also score under image corruptions (fog:3, night, all: every one at severities 1-5): "
+                        "AP per corruption, mPC and rPC (detector/robustness.py)")
     _add_slicing(p)
     _add_overrides(p)
 

@@ -16,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from detector.config import Config
 from detector.data.build import build_datasets
 from detector.data.stats import report_datasets
 from detector.data.dataset import DetectionDataset, build_loader
-from detector.data.transforms import build_transform
+from detector.data.transforms import Transform, build_transform
 from detector.detector import FastRCNN, build_detector
 from detector.evaluation import COCOEvaluator, EvalResult
 from detector.optim import ModelEMA, build_optimizer, build_scheduler
@@ -130,27 +130,30 @@ def file_proposals(config: Config) -> dict[str, np.ndarray] | None:
 
 @torch.no_grad()
 def evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.device, with_loss: bool = True,
-             progress: bool = True) -> EvalOutput:
+             progress: bool = True, wrap_transform: Callable[[Transform], Transform] | None = None) -> EvalOutput:
     """COCO metrics (and mean validation losses) of `model` on `dataset`, in original image pixels. Detections are
-    kept down to `eval.score_thresh` (low, for complete PR curves), whatever `model.score_thresh` says."""
+    kept down to `eval.score_thresh` (low, for complete PR curves), whatever `model.score_thresh` says.
+    ``wrap_transform`` wraps each evaluation transform (e.g. `detector.robustness.CorruptedTransform`, which
+    corrupts every image's pixels before it is resized)."""
     heads, deploy_thresh = model.roi_heads, model.roi_heads.score_thresh
     heads.score_thresh = config.eval.score_thresh  # mAP wants the low-score tail that model.score_thresh may cut
     try:
         with torch.random.fork_rng(devices=[]):  # validation losses sample proposals: keep the training RNG intact
-            return _evaluate(model, dataset, config, device, with_loss, progress)
+            return _evaluate(model, dataset, config, device, with_loss, progress, wrap_transform)
     finally:
         heads.score_thresh = deploy_thresh
 
 
 def _evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.device, with_loss: bool,
-              progress: bool) -> EvalOutput:
+              progress: bool, wrap_transform: Callable[[Transform], Transform] | None = None) -> EvalOutput:
     """With `eval.tta` the detections are those of detector.tta (one loader per size, in step); the losses are
     then those of the data.max_size view (an extra pass; none when eval.tta_sizes leaves that size out)."""
     model.eval()
     tta = build_tta(config) if config.eval.tta else None
     sizes = tta.sizes if tta else (config.data.max_size,)
     proposals = file_proposals(config)
-    loaders = [build_loader(DetectionDataset(dataset, build_transform(None, size, train=False), proposals),
+    wrap = wrap_transform or (lambda transform: transform)
+    loaders = [build_loader(DetectionDataset(dataset, wrap(build_transform(None, size, train=False)), proposals),
                             config.eval.batch_size, False, min(config.data.num_workers, 2), config.train.seed)
                for size in sizes]
     loss_view = sizes.index(config.data.max_size) if with_loss and config.data.max_size in sizes else None

@@ -298,3 +298,24 @@ def markdown_table(results: Mapping[tuple[str, int], float], digits: int = 3) ->
     means = [cell(sum(column) / len(column) if column else None) for column in columns]
     lines.append("| **mean** | " + " | ".join(means) + f" | **{cell(mpc(results))}** |")
     return "\n".join(lines)
+
+
+class CorruptedTransform:
+    """An evaluation transform that first corrupts each image's pixels (``name`` at ``severity``), then runs the
+    wrapped transform; for `detector.engine.evaluate(wrap_transform=...)`. Each image gets its own seed from the
+    dataset's per-sample `set_seed`, so a run is reproducible and rain or noise differ from image to image."""
+
+    def __init__(self, transform: Any, name: str, severity: int) -> None:
+        _check_name(name)
+        _check_severity(name, severity)
+        self.transform, self.name, self.severity, self._seed = transform, name, severity, 0
+
+    def set_seed(self, seed: int) -> None:
+        self._seed = seed
+        self.transform.set_seed(seed)
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, ignore: np.ndarray | None = None,
+                 proposals: np.ndarray | None = None) -> Any:
+        corrupted = corrupt(image, self.name, self.severity, seed=self._seed % 2**32)
+        return self.transform(corrupted, boxes, labels, ignore, proposals)
+

@@ -166,3 +166,45 @@ def test_markdown_table() -> None:
     assert lines[3] == "| rain | 0.60 | 0.40 | – | – | – | 0.50 |"
     # per-severity means over the corruptions that have them, and mPC = (0.3 + 0.5) / 2
     assert lines[4] == "| **mean** | 0.55 | 0.40 | 0.30 | 0.20 | 0.10 | **0.40** |"
+
+
+# --- scoring under corruption: `detector eval --corrupt` ------------------------------------------------------------
+
+def test_corrupted_transform_changes_pixels_not_boxes():
+    from detector.data.transforms import build_transform
+    from detector.robustness import CorruptedTransform
+
+    image = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    boxes, labels = np.array([[10, 20, 60, 80]], np.float32), np.array([1])
+    plain = build_transform(None, 160, train=False)
+    wrapped = CorruptedTransform(build_transform(None, 160, train=False), "night", 5)
+    plain.set_seed(3)
+    wrapped.set_seed(3)
+    expected, got = plain(image, boxes, labels), wrapped(image, boxes, labels)
+    np.testing.assert_array_equal(got.boxes, expected.boxes)
+    assert got.image.shape == expected.image.shape and got.image.mean() < expected.image.mean() - 20
+    wrapped.set_seed(3)
+    np.testing.assert_array_equal(wrapped(image, boxes, labels).image, got.image)  # reproducible per sample seed
+
+
+def test_eval_cli_scores_corruptions(tiny_checkpoint, tmp_path, capsys):
+    import json
+
+    from detector.cli import main
+
+    annotations = tiny_checkpoint.parents[2] / "data" / "val" / "annotations.json"
+    out = tmp_path / "e"
+    assert main(["eval", str(tiny_checkpoint), str(annotations), "--format", "coco", "--out", str(out),
+                 "--corrupt", "fog:1,night:5"]) == 0
+    summary = json.loads((out / "robustness.json").read_text())
+    assert [(c["name"], c["severity"]) for c in summary["corruptions"]] == [("fog", 1), ("night", 5)]
+    aps = [c["AP"] for c in summary["corruptions"]]
+    assert summary["mPC_AP"] == pytest.approx(sum(aps) / 2)
+    assert summary["clean"]["AP"] == pytest.approx(json.loads((out / "metrics.json").read_text())["AP"])
+    assert "mPC" in (out / "robustness.md").read_text()
+    capsys.readouterr()
+    assert main(["eval", str(tiny_checkpoint), str(annotations), "--format", "coco", "--corrupt", "fgo:3"]) == 2
+    assert "did you mean 'fog'" in capsys.readouterr().err
+    assert main(["eval", str(tiny_checkpoint), str(annotations), "--format", "coco", "--corrupt", "fog:3",
+                 "--slice", "96"]) == 2
+    assert "cannot be combined" in capsys.readouterr().err
