@@ -257,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.wait_ready(min(args.phase_timeout, 180))
         pid = server.process.pid
-        warm = run_load(server.base, images, 4, 1, args.phase_timeout)
+        # warm-up with full batches: the model's memory (allocator caches, activations of a batch of max_batch) is
+        # then at its steady state, and the RSS "before" the measured phase is the served model's, not a cold start's
+        warm = run_load(server.base, images, 8 * args.max_batch, 2 * args.max_batch, args.phase_timeout)
         rss = {"before_mb": rss_mb(pid), "during_samples_mb": []}
 
         def sample() -> None:

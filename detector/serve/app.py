@@ -22,6 +22,7 @@ from typing import AsyncIterator
 import cv2
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -38,6 +39,10 @@ from detector.visualize import draw_detections
 __all__ = ["STATIC_DIR", "create_app", "decode_image"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+try:  # Swagger UI's JavaScript and CSS, packaged (swagger-ui-bundle): the /docs page works offline
+    from swagger_ui_bundle import swagger_ui_path as SWAGGER_DIR
+except ImportError:  # pragma: no cover - a dependency; without it /docs falls back to FastAPI's CDN links
+    SWAGGER_DIR = None
 JPEG_QUALITY = 90
 _UPLOAD_BODY = {  # what the routes read by hand (for the size limits), described for /docs
     "required": True,
@@ -100,7 +105,7 @@ def create_app(predictor: Predictor, settings: Settings | None = None) -> FastAP
         jobs.close()
         worker.close()
 
-    app = FastAPI(title="detector", version="1", lifespan=lifespan,
+    app = FastAPI(title="detector", version="1", lifespan=lifespan, docs_url=None,
                   description="Car detection on images and videos. Boxes are x1, y1, x2, y2 in the upload's pixels.")
     app.state.settings, app.state.worker, app.state.jobs, app.state.metrics = settings, worker, jobs, metrics
     install(app, metrics, settings.api_key)
@@ -200,5 +205,17 @@ def create_app(predictor: Predictor, settings: Settings | None = None) -> FastAP
     async def index() -> Response:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        """The OpenAPI page with Swagger UI's files served from here (FastAPI's default loads them from a CDN, which
+        an offline or firewalled deployment cannot reach)."""
+        if SWAGGER_DIR is None:
+            return get_swagger_ui_html(openapi_url=app.openapi_url, title="detector API")
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="detector API",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css", swagger_favicon_url="/favicon.ico")
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if SWAGGER_DIR is not None:
+        app.mount("/docs-static", StaticFiles(directory=SWAGGER_DIR), name="docs-static")
     return app

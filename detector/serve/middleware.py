@@ -25,7 +25,10 @@ __all__ = ["ApiError", "Metrics", "error_response", "install", "receive_upload"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _COPY_CHUNK = 1024 * 1024
-_PUBLIC_PATHS = ("/healthz", "/", "/favicon.ico")  # the page's static files (/static/...) are public too
+# no key needed: the page, its static files (/static/...), health and the API's description (/docs, its files under
+# /docs-static/, /openapi.json), none of which holds data; a browser opening them cannot send a header
+_PUBLIC_PATHS = ("/healthz", "/", "/favicon.ico", "/docs", "/openapi.json")
+_PUBLIC_PREFIXES = ("/static/", "/docs-static/")
 
 
 class ApiError(DetectorError):
@@ -72,15 +75,16 @@ def _endpoint(request: Request) -> str:
     route = request.scope.get("route")
     if route is not None and hasattr(route, "path"):
         return route.path
-    if request.url.path.startswith("/static/"):
-        return "/static"
+    for prefix in _PUBLIC_PREFIXES:
+        if request.url.path.startswith(prefix):
+            return prefix.rstrip("/")
     # FastAPI's own pages (/docs, /openapi.json) are plain routes: the router marks them with an endpoint
     return request.url.path if "endpoint" in request.scope else "unmatched"
 
 
 def _authorized(request: Request, api_key: str | None) -> bool:
     path = request.url.path
-    if api_key is None or path in _PUBLIC_PATHS or path.startswith("/static/"):
+    if api_key is None or path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIXES):
         return True
     given = request.headers.get("x-api-key")
     if given is None:

@@ -162,6 +162,8 @@ def test_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
         assert c.post("/v1/detect", content=jpeg(), headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/healthz").json()["auth_required"] is True
         assert c.get("/").status_code == 200 and c.get("/static/app.js").status_code == 200
+        assert c.get("/docs").status_code == 200 and c.get("/openapi.json").status_code == 200  # no data in them
+        assert c.get("/docs-static/swagger-ui.css").status_code == 200
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     monkeypatch.setenv("DETECTOR_API_KEY", "from-env")
@@ -226,7 +228,11 @@ def test_health_metrics_and_docs() -> None:
             assert line in metrics.text
         schema = c.get("/openapi.json").json()
         assert {"/v1/detect", "/v1/videos", "/v1/videos/{job_id}", "/healthz", "/metrics"} <= set(schema["paths"])
-        assert c.get("/docs").status_code == 200
+        page = c.get("/docs")  # Swagger UI from this server, not a CDN: the page works offline
+        assert page.status_code == 200 and "/docs-static/swagger-ui-bundle.js" in page.text
+        assert "cdn" not in page.text.lower()
+        script = c.get("/docs-static/swagger-ui-bundle.js")
+        assert script.status_code == 200 and len(script.content) > 100_000
         assert c.get("/no/such/page").json() == {"error": "no such endpoint: GET /no/such/page"}
         assert 'id="detections"' in c.get("/").text
 
