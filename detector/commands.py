@@ -137,7 +137,7 @@ def slicing_options(args: argparse.Namespace) -> dict:
             raise DetectorError(f"{', '.join(given)} only apply to sliced inference: add --slice SIZE or --slice auto")
         return {}
     return {"size": args.slice, "overlap": 0.2 if args.overlap is None else args.overlap,
-            "merge": args.slice_merge or "nmm", "full_frame": not args.no_full_frame}
+            "merge": args.slice_merge or "nms", "full_frame": not args.no_full_frame}
 
 
 def read_dataset_for_checkpoint(config: Config, path: str, checkpoint: str) -> Dataset:
