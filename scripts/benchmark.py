@@ -29,7 +29,10 @@ crop-cut objects), ``cascade``, ``box_loss``, ``head``, ``backbone``, ``input_si
 on the test split instead of validation: run it once, for the final table, after every choice was made on val.
 A ``tta`` row re-scores the weights of the row trained like it (inference-only options), it does not train. A row whose resolved config equals a row
 already measured here (e.g. ``frozen_bn=true`` is ``ours`` for drone_cars) reuses its figures. Results merge into
-``--out``/results.json by row name, so groups can be run separately; results.md is rewritten from all of them.
+``--out``/results.json by row name, so groups can be run separately; results.md is rewritten from all of them. A row
+already in results.json with the same resolved config, split and budget is kept, not trained again, so a benchmark
+that was interrupted (or ``--seeds 0`` followed later by ``--seeds 0,1``) resumes where it stopped; ``--rerun``
+measures every selected row again.
 """
 
 from __future__ import annotations
@@ -559,6 +562,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--curve-every-min", type=float, default=0.0,
                         help="snapshot every N training minutes and score the snapshots on val: AP-against-time curves")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds of the ours and peer rows")
+    parser.add_argument("--rerun", action="store_true",
+                        help="measure rows again even when --out already holds them with the same config, split and "
+                             "budget (by default those are kept, so an interrupted benchmark resumes where it stopped)")
     args = parser.parse_args(argv)
     try:
         args.seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
@@ -600,6 +606,12 @@ def _measure_or_reuse(row: Row, args: argparse.Namespace, done: dict[str, dict])
     base["split"] = args.split
     config = row_config(args, row)
     key = config_key(row.kind, config)
+    kept = done.get(row.name)
+    if not args.rerun and kept and kept.get("key") == key and "AP" in kept and kept.get("split", "val") == args.split \
+            and kept.get("budget_min") == args.budget_min and kept.get("max_images") == args.max_images:
+        print(f"\n=== {row.name}: kept from {args.out or 'the results folder'} (same config, split and budget; "
+              "--rerun measures it again) ===", flush=True)
+        return kept
     if row.eval_overrides:
         return {**base, **rescore(row, config, key, args, done)}
     twin = next((r for name, r in done.items() if name != row.name and r.get("key") == key and "AP" in r

@@ -160,3 +160,21 @@ def test_minutes_to_reach_interpolates_the_curve(benchmark):
     assert benchmark.minutes_to_reach(curve, 0.75) is None
     rows = [{"name": "ours", "curve": curve}, {"name": "peer", "curve": [[20.0, 0.5], [45.0, 0.65]]}]
     assert benchmark.curve_summary(rows)[0].startswith("Ours reaches the peer's final validation AP (0.650, after 45.0 min) after 12.5 minutes")
+
+
+def test_a_measured_row_is_kept_unless_rerun(benchmark, monkeypatch):
+    """An interrupted benchmark resumes: a row already in results.json with the same config, split and budget is
+    returned as it is; another budget, another split or --rerun measures it again."""
+    measured = []
+    monkeypatch.setattr(benchmark, "run_row", lambda row, config, budget, split: measured.append(row.name) or {"AP": 0.5})
+    args = benchmark.parse_args(["--config", "configs/demo.yaml", "--budget-min", "2", "--seeds", "0,1"])
+    ours, seed1 = benchmark.seed_rows(benchmark.select_rows("ours"), args.seeds)
+    done = {"ours": benchmark._measure_or_reuse(ours, args, {})}
+    assert measured == ["ours"] and done["ours"]["AP"] == 0.5
+    assert benchmark._measure_or_reuse(ours, args, done) is done["ours"] and measured == ["ours"]
+    benchmark._measure_or_reuse(seed1, args, done)  # seed 1 is another config: measured
+    assert measured == ["ours", "ours seed=1"]
+    for changed in (["--budget-min", "3"], ["--split", "test"], ["--rerun"]):
+        other = benchmark.parse_args(["--config", "configs/demo.yaml", "--budget-min", "2", *changed])
+        benchmark._measure_or_reuse(ours, other, done)
+    assert measured == ["ours", "ours seed=1", "ours", "ours", "ours"]
