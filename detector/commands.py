@@ -101,26 +101,27 @@ def corruption_options(args: argparse.Namespace, slicing: dict) -> list[tuple[st
 
 def score_corruptions(model, dataset: "Dataset", config: Config, device, corruptions: list[tuple[str, int]],
                       clean: dict, out: Path) -> None:
-    """AP and AP50 under each corruption, mPC and rPC against the clean figures: robustness.json / .md in ``out``."""
-    from tqdm import tqdm
-
+    """AP and AP50 under each corruption, mPC and rPC against the clean figures (split into the corruptions trained
+    on and the held-out ones for a model trained with augment.weather): robustness.json / .md in ``out``."""
     from detector.engine import evaluate
-    from detector.robustness import CorruptedTransform, markdown_table, mpc, rpc
+    from detector.robustness import markdown_table, score_corruptions, summarize
 
-    scores: dict[tuple[str, int], dict[str, float]] = {}
-    for name, severity in tqdm(corruptions, desc="corruptions", unit="run"):
-        output = evaluate(model, dataset, config, device, with_loss=False, progress=False,
-                          wrap_transform=lambda transform: CorruptedTransform(transform, name, severity))
-        scores[(name, severity)] = {m: output.result.metrics[m] for m in ("AP", "AP50")}
-    summary = {"clean": {m: clean[m] for m in ("AP", "AP50")},
-               "corruptions": [{"name": n, "severity": v, **figures} for (n, v), figures in scores.items()]}
+    scores = score_corruptions(lambda wrap: evaluate(model, dataset, config, device, with_loss=False, progress=False,
+                                                     wrap_transform=wrap).result.metrics, corruptions)
+    trained_on = config.augment.weather_corruptions if config.augment.enabled and config.augment.weather > 0 else ()
+    summary = summarize(clean, scores, trained_on)
+    def rpc_text(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
     lines = []
     for metric in ("AP", "AP50"):
-        per = {key: figures[metric] for key, figures in scores.items()}
-        summary[f"mPC_{metric}"], summary[f"rPC_{metric}"] = mpc(per), rpc(per, clean[metric]) if clean[metric] > 0 else None
-        rpc_text = "n/a" if summary[f"rPC_{metric}"] is None else f"{summary[f'rPC_{metric}']:.3f}"
         lines += [f"{metric} under corruption (clean {clean[metric]:.3f}; mPC {summary[f'mPC_{metric}']:.3f}, "
-                  f"rPC {rpc_text}):", "", markdown_table(per), ""]
+                  f"rPC {rpc_text(summary[f'rPC_{metric}'])}):", "",
+                  markdown_table({k: f[metric] for k, f in scores.items()}), ""]
+    for group in ("seen", "held_out"):
+        if group in summary:
+            lines.append(f"- {group.replace('_', '-')} corruptions ({', '.join(summary[group]['names'])}): "
+                         f"mPC {summary[group]['mPC_AP']:.3f}, rPC {rpc_text(summary[group]['rPC_AP'])}")
     (out / "robustness.json").write_text(json.dumps(json_safe(summary), indent=2))
     (out / "robustness.md").write_text("\n".join(lines))
     print("\n".join(lines))

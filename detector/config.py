@@ -152,6 +152,14 @@ class AugmentConfig:
     min_visibility: float = 0.3  # objects less visible than this after crop or affine leave the labels
     # What becomes of them: ignore (an ignore region: neither car nor background) | drop (background)
     cut_objects: str = "ignore"
+    # Robust training: with probability `weather` an image first gets one of `weather_corruptions` (names of
+    # detector/robustness.py) at a severity drawn from 1..weather_max_severity, at its own resolution, as
+    # `detector eval --corrupt` applies them. Off by default. The default list leaves snow, sun_glare, shadow,
+    # defocus_blur, jpeg and contrast out, so the corruption benchmark also scores corruptions never trained on.
+    weather: float = 0.0
+    weather_corruptions: list[str] = field(default_factory=lambda: [
+        "fog", "rain", "night", "motion_blur", "gaussian_noise", "brightness"])
+    weather_max_severity: int = 5
 
 
 @dataclass
@@ -376,7 +384,8 @@ _RANGES = {
         "track.high_thresh", "track.low_thresh", "track.new_track_thresh", "track.match_iou", "track.low_match_iou",
         "track.tentative_match_iou",
         "augment.translate", "augment.brightness_contrast", "augment.hue_saturation", "augment.blur", "augment.noise",
-        "augment.crop", "augment.min_visibility")},
+        "augment.crop", "augment.min_visibility", "augment.weather")},
+    "augment.weather_max_severity": _between(1, 5),
     "model.cascade_ious": _between(0.0, 1.0, low_open=True, high_open=True),
     "train.ema_decay": _between(0.0, 1.0, high_open=True),
     "train.momentum": _between(0.0, 1.0, high_open=True),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import albumentations as A
@@ -27,8 +27,8 @@ import numpy as np
 
 from detector.errors import DetectorError
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "SEVERITY_TABLE", "Fog", "Night", "corrupt", "markdown_table", "mpc",
-           "parse_corruptions", "rpc"]
+__all__ = ["CORRUPTIONS", "SEVERITIES", "SEVERITY_TABLE", "CorruptedTransform", "Fog", "Night", "RandomCorruption",
+           "corrupt", "markdown_table", "mpc", "parse_corruptions", "rpc", "score_corruptions", "summarize"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -202,11 +202,11 @@ CORRUPTIONS: dict[str, Callable[[Any, tuple[int, int]], A.BasicTransform]] = {
 }
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, where: str = "") -> None:
     if name not in CORRUPTIONS:
         close = difflib.get_close_matches(name, CORRUPTIONS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise DetectorError(f"unknown corruption '{name}'{hint}: expected one of {', '.join(CORRUPTIONS)}")
+        raise DetectorError(f"{where}unknown corruption '{name}'{hint}: expected one of {', '.join(CORRUPTIONS)}")
 
 
 def _check_severity(name: str, severity: int) -> None:
@@ -300,6 +300,44 @@ def markdown_table(results: Mapping[tuple[str, int], float], digits: int = 3) ->
     return "\n".join(lines)
 
 
+def score_corruptions(evaluate: Callable[[Callable[[Any], Any]], Mapping[str, float]],
+                      corruptions: Sequence[tuple[str, int]], progress: bool = True) -> dict[tuple[str, int], dict]:
+    """AP and AP50 of one model under each (name, severity): ``evaluate(wrap_transform)`` scores the model with
+    its evaluation transform wrapped (e.g. `detector.engine.evaluate(..., wrap_transform=...)`) and returns its
+    COCO metrics. -> {(name, severity): {"AP": .., "AP50": ..}} in the order given."""
+    from tqdm import tqdm
+
+    scores: dict[tuple[str, int], dict] = {}
+    for name, severity in tqdm(corruptions, desc="corruptions", unit="run", disable=not progress):
+        metrics = evaluate(lambda transform, n=name, v=severity: CorruptedTransform(transform, n, v))
+        scores[(name, severity)] = {m: metrics[m] for m in ("AP", "AP50")}
+    return scores
+
+
+def summarize(clean: Mapping[str, float], scores: Mapping[tuple[str, int], Mapping[str, float]],
+              trained_on: Sequence[str] = ()) -> dict[str, Any]:
+    """The robustness figures of one model: clean AP / AP50, every (corruption, severity) score, mPC and rPC of AP
+    and AP50, and, for a model trained with corruptions (``trained_on``: augment.weather_corruptions), the same
+    figures over the corruptions it was trained on ("seen") and over the others ("held_out"). rPC is None when
+    the clean figure is 0."""
+    summary: dict[str, Any] = {"clean": {m: clean[m] for m in ("AP", "AP50")},
+                               "corruptions": [{"name": n, "severity": v, **dict(f)} for (n, v), f in scores.items()]}
+    groups = {"": scores}
+    if trained_on:
+        groups["seen"] = {k: f for k, f in scores.items() if k[0] in trained_on}
+        groups["held_out"] = {k: f for k, f in scores.items() if k[0] not in trained_on}
+        summary["trained_on"] = list(trained_on)
+    for group, members in groups.items():
+        if not members:
+            continue
+        target = summary if not group else summary.setdefault(group, {"names": sorted({k[0] for k in members})})
+        for metric in ("AP", "AP50"):
+            per = {key: figures[metric] for key, figures in members.items()}
+            target[f"mPC_{metric}"] = mpc(per)
+            target[f"rPC_{metric}"] = rpc(per, clean[metric]) if clean[metric] > 0 else None
+    return summary
+
+
 class CorruptedTransform:
     """An evaluation transform that first corrupts each image's pixels (``name`` at ``severity``), then runs the
     wrapped transform; for `detector.engine.evaluate(wrap_transform=...)`. Each image gets its own seed from the
@@ -319,3 +357,39 @@ class CorruptedTransform:
         corrupted = corrupt(image, self.name, self.severity, seed=self._seed % 2**32)
         return self.transform(corrupted, boxes, labels, ignore, proposals)
 
+
+
+class RandomCorruption:
+    """A training transform for robust training (config keys ``augment.weather*``): with probability ``p`` it
+    first corrupts the image with one of ``names``, at a severity drawn uniformly from 1..``max_severity``, then
+    runs the wrapped transform. Boxes are untouched (corruptions change pixels only). The draw comes from the
+    generator that `set_seed` resets, so a sample's corruption is tied to its (seed, epoch, index) like the rest of
+    its augmentation; without `set_seed` calls the draws continue one stream from seed 0."""
+
+    def __init__(self, transform: Any, names: list[str], p: float, max_severity: int = 5) -> None:
+        if not names:
+            raise DetectorError("config key 'augment.weather_corruptions' must name at least one corruption when "
+                                "augment.weather is above 0")
+        for name in names:
+            _check_name(name, "config key 'augment.weather_corruptions': ")
+        if not 0.0 <= p <= 1.0:
+            raise DetectorError(f"config key 'augment.weather' is a probability and must be in [0, 1], got {p}")
+        if max_severity not in SEVERITIES:
+            raise DetectorError(f"config key 'augment.weather_max_severity' must be 1 to 5, got {max_severity}")
+        self.transform, self.names, self.p, self.max_severity = transform, list(names), float(p), int(max_severity)
+        self._rng = np.random.default_rng(0)
+        self.last: tuple[str, int] | None = None  # the corruption of the latest call (None: the image was left clean)
+
+    def set_seed(self, seed: int) -> None:
+        self._rng = np.random.default_rng([seed % 2**63, 0x57EA7E])  # a stream apart from the transform's own
+        self.transform.set_seed(seed)
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, ignore: np.ndarray | None = None,
+                 proposals: np.ndarray | None = None) -> Any:
+        self.last = None
+        if self._rng.random() < self.p:
+            name = self.names[int(self._rng.integers(len(self.names)))]
+            severity = int(self._rng.integers(1, self.max_severity + 1))
+            image = corrupt(np.ascontiguousarray(image), name, severity, seed=int(self._rng.integers(2**32)))
+            self.last = (name, severity)
+        return self.transform(image, boxes, labels, ignore, proposals)

@@ -40,7 +40,7 @@ from detector.backbone import Backbone, build_backbone
 from detector.config import Config
 from detector.data.build import build_datasets
 from detector.data.dataset import DetectionDataset, SampleBatch, build_loader
-from detector.data.transforms import build_transform
+from detector.data.transforms import Transform, build_transform
 from detector.engine import (
     EpochSampler,
     EvalOutput,
@@ -193,10 +193,13 @@ def predict_peer(model: FasterRCNN, images: list[Tensor], original_sizes: list[t
     return detections
 
 
-def evaluate_peer(model: FasterRCNN, val_dataset: Dataset, config: Config, progress: bool = True) -> EvalOutput:
+def evaluate_peer(model: FasterRCNN, val_dataset: Dataset, config: Config, progress: bool = True,
+                  wrap_transform: Callable[[Transform], Transform] | None = None) -> EvalOutput:
     """COCO metrics of the peer on ``val_dataset``, computed exactly as `detector.engine.evaluate` does for ours:
-    same eval transform, batch size and `COCOEvaluator`, ground truth from the original records."""
-    data = DetectionDataset(val_dataset, build_transform(None, config.data.max_size, train=False))
+    same eval transform, batch size and `COCOEvaluator`, ground truth from the original records. ``wrap_transform``
+    wraps the eval transform as there (e.g. `detector.robustness.CorruptedTransform`)."""
+    transform = build_transform(None, config.data.max_size, train=False)
+    data = DetectionDataset(val_dataset, wrap_transform(transform) if wrap_transform else transform)
     loader = build_loader(data, config.eval.batch_size, False, min(config.data.num_workers, 2), config.train.seed)
     evaluator = COCOEvaluator(list(config.model.class_names))
     records = {r.image_id: r for r in val_dataset.records}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +90,22 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_run")
     run_dir = Trainer(load_config(None, tiny_run_overrides(root)), progress=False).fit()
     return run_dir / "best.pt"
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@contextlib.contextmanager
+def script_module(name: str, module_name: str | None = None):
+    """scripts/<name>.py loaded as a module (scripts/ is not a package), with scripts/ on sys.path while it is in
+    use, since the scripts import their siblings (peer) by name as they do when run from scripts/. The module is
+    registered in sys.modules (dataclasses look their module up there) under ``module_name`` (default ``name``)."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        spec = importlib.util.spec_from_file_location(module_name or name, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name or name] = module
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(SCRIPTS))

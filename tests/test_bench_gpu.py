@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from conftest import SCRIPTS, script_module
+
 DEMO_CONFIG = str(SCRIPTS.parent / "configs" / "demo.yaml")
 TINY = ["--set", "data.max_size=96", "--set", "model.weights=none", "--set", "model.anchor_sizes=[16,32]",
         "--set", "train.batch_size=2", "--set", "train.epochs=4", "--set", "train.warmup_iters=2",
@@ -20,15 +18,8 @@ TINY = ["--set", "data.max_size=96", "--set", "model.weights=none", "--set", "mo
 
 @pytest.fixture(scope="module")
 def bench_gpu():
-    """scripts/ is not a package, and bench_gpu imports its siblings by name, as it does when run from scripts/."""
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPTS / "bench_gpu.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with script_module("bench_gpu") as module:
         yield module
-    finally:
-        sys.path.remove(str(SCRIPTS))
 
 
 def test_trains_and_times_ours_and_the_peer(bench_gpu, tmp_path, monkeypatch):

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import script_module
 from detector.config import load_config
 from detector.structures import Detections
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "peer.py"
 
 
 @pytest.fixture(scope="module")
 def peer():
-    """scripts/ is not a package: load peer.py from its path."""
-    spec = importlib.util.spec_from_file_location("peer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["peer"] = module
-    spec.loader.exec_module(module)
-    return module
+    with script_module("peer") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +73,8 @@ def test_one_training_step_then_predict(peer, model, config, tiny_images, tiny_t
 
 @pytest.fixture(scope="module")
 def benchmark(peer):
-    """scripts/benchmark.py imports `peer` by name, as it does when run from scripts/."""
-    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT.with_name("benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    with script_module("benchmark") as module:
+        yield module
 
 
 def test_step_time_leaves_out_epoch_starts_and_warmup(benchmark):

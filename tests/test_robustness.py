@@ -208,3 +208,61 @@ def test_eval_cli_scores_corruptions(tiny_checkpoint, tmp_path, capsys):
     assert main(["eval", str(tiny_checkpoint), str(annotations), "--format", "coco", "--corrupt", "fog:3",
                  "--slice", "96"]) == 2
     assert "cannot be combined" in capsys.readouterr().err
+
+
+# --- robust training: augment.weather -------------------------------------------------------------------------------
+
+def _weather_transform(*overrides: str):
+    from detector.config import load_config
+    from detector.data.transforms import build_transform
+
+    config = load_config(None, ["augment.enabled=true", "augment.hflip=0", "augment.affine=0",
+                                "augment.brightness_contrast=0", "augment.hue_saturation=0", "augment.blur=0",
+                                "augment.noise=0", *overrides])
+    return build_transform(config.augment, 160, train=True)
+
+
+def test_weather_augmentation_corrupts_listed_names_and_keeps_boxes(scene):
+    from detector.robustness import RandomCorruption
+
+    boxes, labels = np.array([[10, 40, 40, 60], [70, 50, 100, 70]], np.float32), np.array([1, 1])
+    off = _weather_transform()
+    assert not isinstance(off, RandomCorruption)  # off by default
+    weather = _weather_transform("augment.weather=1.0", "augment.weather_corruptions=[fog, night]",
+                                 "augment.weather_max_severity=2")
+    assert isinstance(weather, RandomCorruption)
+    drawn = set()
+    for seed in range(40):
+        off.set_seed(seed)
+        weather.set_seed(seed)
+        clean, got = off(scene, boxes, labels), weather(scene, boxes, labels)
+        drawn.add(weather.last)
+        np.testing.assert_array_equal(got.boxes, clean.boxes)  # pixels only
+        assert not np.array_equal(got.image, clean.image)
+        weather.set_seed(seed)
+        np.testing.assert_array_equal(weather(scene, boxes, labels).image, got.image)  # tied to the sample seed
+    assert drawn == {("fog", 1), ("fog", 2), ("night", 1), ("night", 2)}  # listed names, severities 1..max only
+
+
+def test_weather_probability_leaves_the_rest_clean(scene):
+    boxes, labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    off, weather = _weather_transform(), _weather_transform("augment.weather=0.3")
+    corrupted = 0
+    for seed in range(200):
+        off.set_seed(seed)
+        weather.set_seed(seed)
+        same = np.array_equal(off(scene, boxes, labels).image, weather(scene, boxes, labels).image)
+        assert same == (weather.last is None)
+        corrupted += weather.last is not None
+    assert 40 <= corrupted <= 80  # p = 0.3 of 200: 60 expected, 3.2 standard deviations either side
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["augment.weather=0.5", "augment.weather_corruptions=[fgo]"], "augment.weather_corruptions.*did you mean 'fog'"),
+    (["augment.weather=0.5", "augment.weather_corruptions=[]"], "at least one corruption"),
+    (["augment.weather=1.5"], "augment.weather"),
+    (["augment.weather=0.5", "augment.weather_max_severity=6"], "augment.weather_max_severity"),
+])
+def test_weather_config_errors_name_the_key(overrides, message):
+    with pytest.raises(DetectorError, match=message):
+        _weather_transform(*overrides)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import albumentations as A
 import cv2
@@ -38,6 +38,9 @@ from albumentations.augmentations.crops.transforms import BaseCrop
 from albumentations.augmentations.geometric import functional as fgeometric
 
 from detector.structures import DetectorError
+
+if TYPE_CHECKING:
+    from detector.robustness import RandomCorruption
 
 __all__ = ["AspectCrop", "Transform", "TransformResult", "build_transform"]
 
@@ -332,13 +335,14 @@ def _run(
     return out["image"], out_boxes, np.asarray(out["labels"], dtype=np.int64).reshape(-1)
 
 
-def build_transform(augment: Any | None, max_size: int, train: bool) -> Transform:
+def build_transform(augment: Any | None, max_size: int, train: bool) -> "Transform | RandomCorruption":
     """The transform for one split.
 
     Always resizes so the longest side equals ``max_size`` (aspect kept); when ``train`` and
     ``augment.enabled``, adds `AugmentConfig`'s augmentations (read duck-typed from ``augment``: hflip,
     affine, scale, translate, rotate, rotate_method, brightness_contrast, hue_saturation, blur, noise, crop,
-    crop_scale, min_visibility, cut_objects, sizes). Invalid values raise DetectorError naming the ``augment.*`` key.
+    crop_scale, min_visibility, cut_objects, sizes; weather, weather_corruptions, weather_max_severity wrap the
+    result in `detector.robustness.RandomCorruption`). Invalid values raise DetectorError naming the ``augment.*`` key.
     """
     if isinstance(max_size, bool) or not isinstance(max_size, (int, np.integer)) or max_size <= 0:
         raise DetectorError(f"max_size must be a positive integer (pixels of the longest image side), got {max_size!r}")
@@ -349,4 +353,11 @@ def build_transform(augment: Any | None, max_size: int, train: bool) -> Transfor
     objects = _compose(_geometric(augment, max_size) + _photometric(augment), float(augment.min_visibility))
     # regions are only moved: the photometric tail is left out (steps are seeded by position, see _seed_steps)
     cut_ignored = getattr(augment, "cut_objects", "ignore") == "ignore"
-    return Transform(objects, _compose(_geometric(augment, max_size), 0.0), cut_ignored)
+    transform = Transform(objects, _compose(_geometric(augment, max_size), 0.0), cut_ignored)
+    if float(getattr(augment, "weather", 0.0)) > 0:
+        # robust training: a named corruption first, at the image's own resolution (a leaf module: pixels only)
+        from detector.robustness import RandomCorruption
+
+        return RandomCorruption(transform, list(augment.weather_corruptions), float(augment.weather),
+                                int(augment.weather_max_severity))
+    return transform
