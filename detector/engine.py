@@ -36,7 +36,7 @@ from detector.detector import FastRCNN, build_detector
 from detector.evaluation import COCOEvaluator, EvalResult
 from detector.optim import ModelEMA, build_optimizer, build_scheduler
 from detector.runs import MetricsLogger, new_run_dir, plot_curves
-from detector.structures import Dataset, DetectorError, Targets
+from detector.structures import Dataset, DetectorError
 from detector.tta import build_tta
 
 
@@ -180,7 +180,7 @@ def _evaluate(model: FastRCNN, dataset: Dataset, config: Config, device: torch.d
                 loss_sums[key] = loss_sums.get(key, 0.0) + float(value)
             batches += 1
         originals = [records[i] for i in batch.image_ids]
-        targets = [Targets(r.boxes, r.labels, (r.height, r.width), r.ignore) for r in originals]
+        targets = [r.targets() for r in originals]
         evaluator.process(batch.image_ids, targets, [d.to("cpu") for d in detections])
     return EvalOutput(evaluator.evaluate(), evaluator, {f"val_{k}": v / max(batches, 1) for k, v in loss_sums.items()})
 

@@ -4,9 +4,11 @@ Boxes arrive as (N, 4) float32 pixel ``x1, y1, x2, y2`` (``Targets`` and ``Detec
 original-image coordinates) and become COCO ``x, y, w, h`` only at the pycocotools edge. Foreground
 labels 1..K are used directly as COCO category ids; category ``k`` is named ``class_names[k - 1]``.
 
-Ignore regions (KITTI DontCare, COCO crowd) become ``iscrowd=1`` ground truth, one copy per category,
-because pycocotools matches crowd regions within a category only: a detection of any class that lies
-on an ignore region is then neither a true nor a false positive (pycocotools crowd semantics).
+Ignore regions become ``iscrowd=1`` ground truth. A region of a class (a COCO crowd of cars, a VOC difficult car)
+is written under that class; a region of any class (KITTI DontCare, label 0) once per category, because pycocotools
+matches crowd regions within a category only. A detection on a region of its class, or of any class, is then
+neither a true nor a false positive (pycocotools crowd semantics). Object areas, which split AP small / medium /
+large, are the source's (COCO ``area``) where it has them, else the boxes'.
 
 Metrics are fractions in [0, 1]. Where pycocotools reports -1 (no ground truth in that class or area
 range, so the metric is undefined) we report ``float('nan')``: it cannot be averaged into a score by
@@ -55,13 +57,15 @@ def _check_lengths(image_ids: list[int], **per_image: list) -> None:
             )
 
 
-def _annotation(ann_id: int, image_id: int, category_id: int, box_xywh: list[float], iscrowd: int) -> dict:
+def _annotation(ann_id: int, image_id: int, category_id: int, box_xywh: list[float], iscrowd: int,
+                area: float = math.nan) -> dict:
     return {
         "id": ann_id,  # pycocotools treats id 0 as "unmatched", so ids start at 1
         "image_id": image_id,
         "category_id": category_id,
         "bbox": box_xywh,
-        "area": box_xywh[2] * box_xywh[3],  # box area: the COCO small/medium/large split uses it
+        # the small/medium/large split uses it: the source's area (a segment's, in COCO) where given, else the box's
+        "area": area if math.isfinite(area) else box_xywh[2] * box_xywh[3],
         "iscrowd": iscrowd,
     }
 
@@ -71,9 +75,10 @@ def coco_ground_truth(image_ids: list[int], targets: list[Targets], class_names:
     """A COCO ground-truth dataset dict (images, categories, annotations) built from ``Targets``.
 
     Target boxes and ignore regions are (M, 4) / (G, 4) pixel xyxy; they are written as COCO xywh.
-    ``image_size`` (height, width) gives each image's size. Each ignore region is written once per
-    category as ``iscrowd=1`` so that it absorbs detections of every class. ``category_ids[k]`` is the id written
-    for label k + 1 (the source dataset's ids; default 1..K).
+    ``image_size`` (height, width) gives each image's size. An ignore region is written as ``iscrowd=1`` under its
+    class (``ignore_labels``: a COCO crowd of cars absorbs car detections only), or once per category when its label
+    is 0 (KITTI DontCare: unlabelled, any class). Object areas are the targets' source ``areas`` where given, else
+    the box areas. ``category_ids[k]`` is the id written for label k + 1 (the source's ids; default 1..K).
     """
     _check_lengths(image_ids, targets=targets)
     if len(set(image_ids)) != len(image_ids):
@@ -86,11 +91,13 @@ def coco_ground_truth(image_ids: list[int], targets: list[Targets], class_names:
         images.append({"id": int(image_id), "width": int(width), "height": int(height)})
         labels = _numpy(target.labels, np.int64)
         _check_labels(labels, len(class_names), f"Targets of image {image_id}")
-        for box, label in zip(xyxy_to_xywh(_numpy(target.boxes, np.float32)).tolist(), labels.tolist()):
-            annotations.append(_annotation(len(annotations) + 1, int(image_id), ids[label - 1], box, iscrowd=0))
-        for region in xyxy_to_xywh(_numpy(target.ignore, np.float32)).tolist():
-            for category in categories:
-                annotations.append(_annotation(len(annotations) + 1, int(image_id), category["id"], region, iscrowd=1))
+        areas = [math.nan] * len(labels) if target.areas is None else _numpy(target.areas, np.float64).tolist()
+        for box, label, area in zip(xyxy_to_xywh(_numpy(target.boxes, np.float32)).tolist(), labels.tolist(), areas):
+            annotations.append(_annotation(len(annotations) + 1, int(image_id), ids[label - 1], box, 0, area))
+        region_labels = _numpy(target.ignore_labels, np.int64).tolist()
+        for region, label in zip(xyxy_to_xywh(_numpy(target.ignore, np.float32)).tolist(), region_labels):
+            for category in (ids if label == 0 else [ids[label - 1]]):
+                annotations.append(_annotation(len(annotations) + 1, int(image_id), category, region, iscrowd=1))
     info = {"description": "detector ground truth"}  # some pycocotools versions copy it in loadRes
     return {"info": info, "images": images, "categories": categories, "annotations": annotations}
 
@@ -238,6 +245,8 @@ class _EvalImage:
     gt_boxes: np.ndarray
     gt_labels: np.ndarray
     ignore: np.ndarray
+    ignore_labels: np.ndarray  # (G,) a region's class, 0 = any class
+    gt_areas: np.ndarray | None  # (M,) source areas (NaN: the box's), None: box areas
     pred_boxes: np.ndarray
     pred_scores: np.ndarray
     pred_labels: np.ndarray
@@ -251,13 +260,15 @@ class _EvalImage:
             gt_boxes=_numpy(target.boxes, np.float32).reshape(-1, 4),
             gt_labels=_numpy(target.labels, np.int64).reshape(-1),
             ignore=_numpy(target.ignore, np.float32).reshape(-1, 4),
+            ignore_labels=_numpy(target.ignore_labels, np.int64).reshape(-1),
+            gt_areas=None if target.areas is None else _numpy(target.areas, np.float32).reshape(-1),
             pred_boxes=_numpy(dets.boxes, np.float32).reshape(-1, 4),
             pred_scores=_numpy(dets.scores, np.float32).reshape(-1),
             pred_labels=_numpy(dets.labels, np.int64).reshape(-1),
         )
 
     def targets(self) -> Targets:
-        return Targets(self.gt_boxes, self.gt_labels, self.image_size, self.ignore)
+        return Targets(self.gt_boxes, self.gt_labels, self.image_size, self.ignore, self.ignore_labels, self.gt_areas)
 
     def detections(self) -> Detections:
         return Detections(*(torch.from_numpy(a) for a in (self.pred_boxes, self.pred_scores, self.pred_labels)))
@@ -270,7 +281,7 @@ def _confusion_per_image(
 
     Greedy by descending score: each kept detection takes the unmatched ground-truth box (of any class,
     so confusions show) with the highest IoU >= ``iou_threshold``. An unmatched detection is a false
-    positive unless it lies in an ignore region; ground truth left unmatched is a miss.
+    positive unless it lies in an ignore region of its class or of any class; ground truth left unmatched is a miss.
     """
     background = num_classes
     matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
@@ -281,7 +292,10 @@ def _confusion_per_image(
     ious = box_iou(pred_boxes, torch.from_numpy(image.gt_boxes)).numpy()  # (D, M)
     in_ignore = np.zeros(len(pred_labels), dtype=bool)
     if len(image.ignore) and len(pred_labels):
-        in_ignore = box_ioa(pred_boxes, torch.from_numpy(image.ignore)).amax(dim=1).numpy() > IGNORE_IOA
+        inside = box_ioa(pred_boxes, torch.from_numpy(image.ignore)).numpy() > IGNORE_IOA  # (D, G)
+        # a region of class k absorbs detections of class k only; a region of class 0 (DontCare) every class
+        same_class = (image.ignore_labels[None, :] == 0) | (image.ignore_labels[None, :] == pred_labels[:, None])
+        in_ignore = (inside & same_class).any(axis=1)
     gt_taken = np.zeros(len(image.gt_labels), dtype=bool)
     for d, pred_label in enumerate(pred_labels):
         candidates = np.where(gt_taken, -1.0, ious[d])  # (M,): a matched box cannot be matched again

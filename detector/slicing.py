@@ -256,7 +256,6 @@ def evaluate_sliced(detector: Any, dataset: Any, size: int | str, overlap: float
     from detector.data.images import load_image
     from detector.engine import EvalOutput
     from detector.evaluation import COCOEvaluator
-    from detector.structures import Targets
 
     check_slicing(MIN_SLICE if size == "auto" else size, overlap)
     evaluator = COCOEvaluator(list(detector.config.model.class_names), dataset.category_ids)
@@ -265,8 +264,7 @@ def evaluate_sliced(detector: Any, dataset: Any, size: int | str, overlap: float
     try:
         for record in tqdm(dataset.records, desc="eval (sliced)", unit="image", disable=not progress, leave=False):
             found = predict_sliced(detector, load_image(record.image_path), size, overlap, merge, full_frame=full_frame)
-            target = Targets(record.boxes, record.labels, (record.height, record.width), record.ignore)
-            evaluator.process([record.image_id], [target], [found])
+            evaluator.process([record.image_id], [record.targets()], [found])
     finally:
         heads.score_thresh = deploy_thresh
     return EvalOutput(evaluator.evaluate(), evaluator, {})

@@ -27,6 +27,17 @@ def _as_boxes(boxes, name: str) -> np.ndarray:
     return array
 
 
+def _region_labels(values, count: int, as_array, dtype):
+    """Ignore-region labels (G,): ``values`` checked against the region count G, or all 0 (any class) for None."""
+    if values is None:
+        return as_array([0] * count, dtype=dtype)
+    labels = as_array(values, dtype=dtype).reshape(-1)
+    if len(labels) != count or (count and labels.min() < 0):
+        raise ValueError(f"{count} ignore regions need as many ignore_labels, each 0 (any class) or 1..K; got "
+                         f"{labels.tolist()}")
+    return labels
+
+
 @dataclass
 class ImageRecord:
     """One annotated image as every dataset reader yields it.
@@ -34,6 +45,9 @@ class ImageRecord:
     boxes: (M, 4) float32 pixel xyxy; labels: (M,) int64 in 1..K;
     ignore: (G, 4) float32 pixel xyxy regions that are neither positive nor negative
     (KITTI DontCare, COCO iscrowd). An image with M == 0 is a negative, not an error.
+    ignore_labels: (G,) int64, the class a region belongs to (a COCO crowd of cars, a VOC difficult car: 1..K) or
+    0 for any class (KITTI DontCare); None = all 0. areas: (M,) float32 object areas from the source (COCO ``area``,
+    a segment's) for the COCO small/medium/large split, NaN where it has none; None = the box areas.
     """
 
     image_path: Path
@@ -43,16 +57,26 @@ class ImageRecord:
     labels: np.ndarray
     image_id: int
     ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    ignore_labels: np.ndarray | None = None
+    areas: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.image_path = Path(self.image_path)
         self.boxes = _as_boxes(self.boxes, "boxes")
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         self.ignore = _as_boxes(self.ignore, "ignore")
-        if len(self.labels) != len(self.boxes):
-            raise ValueError(f"{self.image_path}: {len(self.boxes)} boxes but {len(self.labels)} labels")
+        self.ignore_labels = _region_labels(self.ignore_labels, len(self.ignore), np.asarray, np.int64)
+        if self.areas is not None:
+            self.areas = np.asarray(self.areas, dtype=np.float32).reshape(-1)
+        if len(self.labels) != len(self.boxes) or (self.areas is not None and len(self.areas) != len(self.boxes)):
+            raise ValueError(f"{self.image_path}: {len(self.boxes)} boxes but {len(self.labels)} labels"
+                             + ("" if self.areas is None else f" and {len(self.areas)} areas"))
         if len(self.labels) and self.labels.min() <= BACKGROUND:
             raise ValueError(f"{self.image_path}: labels must be foreground classes 1..K")
+
+    def targets(self) -> "Targets":
+        """The record's ground truth in original image pixels, as the evaluators take it."""
+        return Targets(self.boxes, self.labels, (self.height, self.width), self.ignore, self.ignore_labels, self.areas)
 
 
 @dataclass
@@ -129,23 +153,32 @@ class Targets:
     """Ground truth for one image, in the coordinates of the (transformed) input tensor.
 
     boxes: (M, 4) float32 xyxy; labels: (M,) int64 in 1..K; ignore: (G, 4) float32 xyxy;
-    image_size: (height, width) of the image before padding.
+    image_size: (height, width) of the image before padding; ignore_labels: (G,) int64, a region's class or 0 for
+    any class (None = all 0); areas: (M,) float32 source areas, NaN = the box's (None = all box areas). Training
+    treats every ignore region as any class; the evaluators honour ignore_labels and areas.
     """
 
     boxes: torch.Tensor
     labels: torch.Tensor
     image_size: tuple[int, int]
     ignore: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 4)))
+    ignore_labels: torch.Tensor | None = None
+    areas: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.boxes = torch.as_tensor(self.boxes, dtype=torch.float32).reshape(-1, 4)
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64).reshape(-1)
         self.ignore = torch.as_tensor(self.ignore, dtype=torch.float32).reshape(-1, 4)
-        if len(self.boxes) != len(self.labels):
-            raise ValueError(f"Targets: {len(self.boxes)} boxes but {len(self.labels)} labels")
+        self.ignore_labels = _region_labels(self.ignore_labels, len(self.ignore), torch.as_tensor, torch.int64)
+        if self.areas is not None:
+            self.areas = torch.as_tensor(self.areas, dtype=torch.float32).reshape(-1)
+        if len(self.boxes) != len(self.labels) or (self.areas is not None and len(self.areas) != len(self.boxes)):
+            raise ValueError(f"Targets: {len(self.boxes)} boxes but {len(self.labels)} labels"
+                             + ("" if self.areas is None else f" and {len(self.areas)} areas"))
 
     def to(self, device: torch.device | str) -> "Targets":
-        return Targets(self.boxes.to(device), self.labels.to(device), self.image_size, self.ignore.to(device))
+        return Targets(self.boxes.to(device), self.labels.to(device), self.image_size, self.ignore.to(device),
+                       self.ignore_labels.to(device), None if self.areas is None else self.areas.to(device))
 
 
 @dataclass

@@ -206,7 +206,7 @@ def evaluate_peer(model: FasterRCNN, val_dataset: Dataset, config: Config, progr
     for batch in tqdm(loader, desc="eval peer", unit="batch", disable=not progress, leave=False):
         detections = predict_peer(model, batch.images, batch.original_sizes, list(config.model.class_names))
         originals = [records[i] for i in batch.image_ids]
-        targets = [Targets(r.boxes, r.labels, (r.height, r.width), r.ignore) for r in originals]
+        targets = [r.targets() for r in originals]
         evaluator.process(batch.image_ids, targets, [d.to("cpu") for d in detections])
     return EvalOutput(evaluator.evaluate(), evaluator, {})
 

@@ -39,7 +39,7 @@ from detector.data.mosaic import Mosaic, build_mosaic, mosaic_groups, square_til
 from detector.errors import DetectorError  # noqa: E402
 from detector.evaluation import COCOEvaluator  # noqa: E402
 from detector.slicing import predict_sliced  # noqa: E402
-from detector.structures import Detections, Targets  # noqa: E402
+from detector.structures import Detections  # noqa: E402
 
 
 def load_mosaics(config_path: str, split: str, rows: int, cols: int, limit: int) -> tuple[list[Mosaic], list[str]]:
@@ -94,9 +94,7 @@ def score(predict: Callable, mosaics: list[Mosaic], class_names: list[str]) -> d
         found = predict(mosaic)
         seconds.append(time.perf_counter() - started)
         detections += len(found)
-        height, width = mosaic.image.shape[:2]
-        evaluator.process([index + 1], [Targets(mosaic.boxes, mosaic.labels, (height, width), mosaic.ignore)],
-                          [found.to("cpu")])
+        evaluator.process([index + 1], [mosaic.targets()], [found.to("cpu")])
     metrics = evaluator.evaluate().metrics
     return {"AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"], "APs": metrics["APs"],
             "seconds_per_mosaic": float(np.mean(seconds)), "detections_per_mosaic": detections / len(mosaics)}

@@ -285,3 +285,37 @@ def test_user_errors_are_one_sentence(call, message: str) -> None:
     with pytest.raises(DetectorError, match=message):
         call(evaluator)
     assert evaluator._images == []  # a rejected batch leaves nothing behind
+
+
+def test_a_crowd_of_cars_absorbs_car_detections_only() -> None:
+    # The scene of the test above with the region labelled car (a COCO crowd of cars): the car FP on it is absorbed
+    # (car AP 1), the truck FP on it is not (truck precision [0, 1/2] -> AP 0.5), in COCO AP and in the confusion
+    # matrix alike. A region of any class (label 0) absorbs both, as before.
+    target = Targets(torch.tensor([[10.0, 10, 40, 40]]), torch.tensor([1]), (100, 100),
+                     torch.tensor([[0.0, 60, 40, 100]]), torch.tensor([1]))
+    dets = _detections([[5, 65, 25, 85], [10, 10, 40, 40], [10, 70, 30, 90]], [0.9, 0.8, 0.95], [1, 1, 2])
+    truck_image = (_targets([[50, 50, 90, 90]], [2]), _detections([[50, 50, 90, 90]], [0.5], [2]))
+    evaluator = _evaluator([1, 2], [target, truck_image[0]], [dets, truck_image[1]])
+    result = evaluator.evaluate()
+    assert result.per_class["car"]["AP"] == pytest.approx(1.0)
+    assert result.per_class["truck"]["AP"] == pytest.approx(0.5)
+    crowds = [a for a in evaluator.ground_truth()["annotations"] if a["iscrowd"]]
+    assert [a["category_id"] for a in crowds] == [1]  # written under its class only
+    matrix = evaluator.confusion_matrix(iou_threshold=0.5, score_threshold=0.0)
+    assert matrix[2, 1] == 1 and matrix[2, 0] == 0  # background row: the truck on the crowd is a FP, the car not
+    anyclass = _targets([[10, 10, 40, 40]], [1], ignore=[[0, 60, 40, 100]])
+    crowds = [a for a in coco_ground_truth([1], [anyclass], CLASSES)["annotations"] if a["iscrowd"]]
+    assert [a["category_id"] for a in crowds] == [1, 2]  # label 0: once per category
+
+
+@pytest.mark.parametrize("areas, small, medium", [(None, math.nan, 1.0), ([900.0], 1.0, math.nan),
+                                                  ([math.nan], math.nan, 1.0)])
+def test_source_areas_decide_the_size_split(areas, small, medium) -> None:
+    # a 40x40 box is 1600 px, medium; its source area (a COCO segment) of 900 px makes it small; NaN: the box's
+    target = Targets(torch.tensor([[10.0, 10, 50, 50]]), torch.tensor([1]), (100, 100), areas=areas)
+    evaluator = _evaluator([1], [target], [_detections([[10, 10, 50, 50]], [0.9], [1])])
+    metrics = evaluator.evaluate().metrics
+    for name, expected in (("APs", small), ("APm", medium)):
+        assert math.isnan(metrics[name]) if math.isnan(expected) else metrics[name] == pytest.approx(expected)
+    assert evaluator.ground_truth()["annotations"][0]["area"] == (1600.0 if areas is None or math.isnan(areas[0])
+                                                                  else 900.0)

@@ -92,6 +92,11 @@ def _validate_types(content: dict, json_path: Path) -> None:
         if annotation.get("iscrowd", 0) not in (0, 1):
             raise DetectorError(f"{json_path}: annotations[{index}] has iscrowd {annotation['iscrowd']!r}; expected 0 "
                                 "or 1")
+        area = annotation.get("area")
+        if area is not None and not (isinstance(area, (int, float)) and not isinstance(area, bool)
+                                     and math.isfinite(area) and area >= 0):
+            raise DetectorError(f"{json_path}: annotations[{index}] has area {area!r}; expected a non-negative number "
+                                "of pixels")
     for index, image in enumerate(content["images"]):
         for key in ("width", "height"):
             value = image.get(key)
@@ -149,7 +154,8 @@ def _raw_image(coco: COCO, image: dict, image_path: Path, names: dict[int, str])
     annotations = coco.imgToAnns[image["id"]]
     boxes = xywh_to_xyxy([annotation["bbox"] for annotation in annotations])  # (M, 4) xywh -> (M, 4) xyxy
     objects = [
-        RawObject(names[annotation["category_id"]], tuple(box), crowd=bool(annotation.get("iscrowd", 0)))
+        RawObject(names[annotation["category_id"]], tuple(box), crowd=bool(annotation.get("iscrowd", 0)),
+                  area=float(annotation["area"]) if annotation.get("area") else None)
         for annotation, box in zip(annotations, boxes.tolist())
     ]
     width, height = int(image.get("width") or 0), int(image.get("height") or 0)

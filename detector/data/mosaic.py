@@ -18,7 +18,7 @@ from detector.data.images import load_image
 from detector.errors import DetectorError
 
 if TYPE_CHECKING:  # torch-free at run time, like the ONNX path it feeds
-    from detector.structures import ImageRecord
+    from detector.structures import ImageRecord, Targets
 
 __all__ = ["Mosaic", "build_mosaic", "mosaic_groups", "square_tiles"]
 
@@ -31,7 +31,7 @@ class Mosaic:
 
     image: (rows * H, cols * W, 3) uint8 RGB; boxes: (M, 4) float32 xyxy; labels: (M,) int64 in 1..K;
     ignore: (G, 4) float32 xyxy; offsets: per source tile its (x, y) top-left corner in the mosaic;
-    records: the source tiles, in placement order.
+    records: the source tiles, in placement order; ignore_labels: (G,) int64, a region's class or 0 for any class.
     """
 
     image: np.ndarray
@@ -40,6 +40,13 @@ class Mosaic:
     ignore: np.ndarray
     offsets: list[tuple[int, int]]
     records: list[ImageRecord]
+    ignore_labels: np.ndarray
+
+    def targets(self) -> "Targets":
+        """The mosaic's ground truth (source areas are not carried: the boxes' areas are used)."""
+        from detector.structures import Targets  # torch is imported only when an evaluator needs targets
+
+        return Targets(self.boxes, self.labels, self.image.shape[:2], self.ignore, self.ignore_labels)
 
 
 def _shift(boxes: np.ndarray, x: int, y: int) -> np.ndarray:
@@ -63,7 +70,9 @@ def build_mosaic(records: Sequence[ImageRecord], rows: int = 3, cols: int = 3) -
         image[y:y + height, x:x + width] = tile
         boxes.append(_shift(record.boxes, x, y)), ignore.append(_shift(record.ignore, x, y))
         labels.append(np.asarray(record.labels, np.int64).reshape(-1)), offsets.append((x, y))
-    return Mosaic(image, np.concatenate(boxes), np.concatenate(labels), np.concatenate(ignore), offsets, list(records))
+    region_labels = np.concatenate([record.ignore_labels for record in records])
+    return Mosaic(image, np.concatenate(boxes), np.concatenate(labels), np.concatenate(ignore), offsets, list(records),
+                  region_labels)
 
 
 def square_tiles(records: Sequence[ImageRecord], size: int = 640) -> list[ImageRecord]:

@@ -40,7 +40,8 @@ class RawObject:
 
     name: str
     box: tuple[float, float, float, float]
-    crowd: bool = False  # COCO iscrowd / VOC difficult: an ignore region when its class is selected
+    crowd: bool = False  # COCO iscrowd / VOC difficult: an ignore region of its class when the class is selected
+    area: float | None = None  # the source's area (COCO ``area``: a segment's), None where it has none
 
 
 @dataclass
@@ -158,25 +159,30 @@ def _build_record(
     ignore: set[str],
     report: DatasetReport,
 ) -> ImageRecord:
-    """One record: selected objects become boxes, ignore-class and crowd objects regions, the rest is dropped."""
-    boxes, labels, regions, dropped = [], [], [], 0
+    """One record: selected objects become boxes, ignore-class objects regions of any class (label 0), crowd
+    objects regions of their class; the rest is dropped. Source areas ride along when the format has them."""
+    boxes, labels, areas, regions, region_labels, dropped = [], [], [], [], [], 0
     for obj in raw.objects:
         name = class_map.get(obj.name, obj.name)
         if obj.name in ignore or name in ignore:
             regions.append(obj.box)
+            region_labels.append(0)
         elif name not in label_of:
             dropped += 1
         elif obj.crowd:
             regions.append(obj.box)
+            region_labels.append(label_of[name])
         else:
             boxes.append(obj.box)
             labels.append(label_of[name])
+            areas.append(math.nan if obj.area is None else obj.area)
     report.dropped_labels += dropped
     if dropped:
         report.images_with_dropped_labels += 1
         report.note("dropped_labels", raw.image_path.name)
     kept_boxes, keep = _clip_and_filter(boxes, raw, report)
-    kept_regions, _ = _clip_and_filter(regions, raw, report)
+    kept_regions, keep_regions = _clip_and_filter(regions, raw, report)
+    kept_areas = np.asarray(areas, dtype=np.float32)[keep]
     return ImageRecord(
         image_path=raw.image_path,
         width=raw.width,
@@ -185,6 +191,8 @@ def _build_record(
         labels=np.asarray(labels, dtype=np.int64)[keep],
         image_id=index if raw.image_id is None else raw.image_id,
         ignore=kept_regions,
+        ignore_labels=np.asarray(region_labels, dtype=np.int64)[keep_regions],
+        areas=kept_areas if np.isfinite(kept_areas).any() else None,
     )
 
 

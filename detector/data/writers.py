@@ -2,18 +2,21 @@
 
 Layouts (the readers' defaults, so ``read_dataset(dst, fmt)`` needs no options):
 
-- coco:  ``dst/images/NAME`` + ``dst/annotations.json``; bbox ``[x, y, w, h]``, ignore regions as ``iscrowd: 1``
-  annotations of their own category ``DontCare``;
+- coco:  ``dst/images/NAME`` + ``dst/annotations.json``; bbox ``[x, y, w, h]``, the source's ``area`` where the
+  records have one (else the box's), ignore regions as ``iscrowd: 1`` annotations of their class (a crowd of cars,
+  as COCO writes crowds) or, for regions of any class, of their own category ``DontCare``;
 - voc:   ``dst/JPEGImages/NAME`` + ``dst/Annotations/STEM.xml``; 1-based inclusive pixel indices (x1 + 1, y1 + 1,
-  x2, y2, which the reader's "1-based" convention inverts), ignore regions as ``DontCare`` objects with
-  ``<difficult>1</difficult>``;
+  x2, y2, which the reader's "1-based" convention inverts), ignore regions as objects of their class, or
+  ``DontCare``, with ``<difficult>1</difficult>``;
 - yolo:  ``dst/images/NAME`` + ``dst/labels/STEM.txt`` + ``dst/classes.txt`` + ``dst/data.yaml``; YOLO has no
   ignore regions, so they are dropped with a logged warning;
-- kitti: ``dst/training/image_2/NAME`` + ``dst/training/label_2/STEM.txt``; ignore regions as ``DontCare``.
+- kitti: ``dst/training/image_2/NAME`` + ``dst/training/label_2/STEM.txt``; ignore regions as ``DontCare`` (KITTI
+  has no crowd of a class: such a region is widened to any class).
 
-Ignore regions have no class ("unlabelled, any class", as KITTI's DontCare says), so they are written under the
+Ignore regions of any class ("unlabelled, any class", as KITTI's DontCare says; label 0) are written under the
 category ``DontCare``, never under a real class: a tool that honours neither ``iscrowd`` nor ``difficult`` then
-reads a DontCare object, not a phantom car, and every reader here takes ``DontCare`` back as ignore regions.
+reads a DontCare object, not a phantom car, and every reader here takes ``DontCare`` back as ignore regions of any
+class, and a crowd or difficult object back as an ignore region of its class.
 Images are copied (``link=True`` hard-links them instead: no copy, but editing one edits the other). The dataset is
 written into a temporary folder next to
 ``dst`` and renamed at the end, so a failed conversion leaves nothing behind; a non-empty ``dst`` is refused.
@@ -22,6 +25,7 @@ written into a temporary folder next to
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import shutil
@@ -86,20 +90,23 @@ def _check_ignore_name(dataset: Dataset, fmt: str) -> None:
 
 
 def _coco_annotations(record: ImageRecord, image_id: int, first_id: int, ignore_id: int) -> list[dict]:
-    """COCO annotations of one image: its boxes, then its ignore regions as crowd objects of category DontCare
-    (id ``ignore_id``)."""
+    """COCO annotations of one image: its boxes (with the source's areas where the record has them), then its ignore
+    regions as crowd objects: of their class (a crowd of cars), or of category DontCare (id ``ignore_id``) for a
+    region of any class."""
     crowd = [0] * len(record.boxes) + [1] * len(record.ignore)
-    categories = record.labels.tolist() + [ignore_id] * len(record.ignore)
+    categories = record.labels.tolist() + [label or ignore_id for label in record.ignore_labels.tolist()]
     boxes = np.concatenate([record.boxes, record.ignore])  # (M + G, 4) xyxy
+    areas = [math.nan] * len(boxes) if record.areas is None else record.areas.tolist() + [math.nan] * len(record.ignore)
     annotations = []
-    for box, xywh, category, iscrowd in zip(boxes.tolist(), xyxy_to_xywh(boxes).tolist(), categories, crowd):
+    for box, xywh, category, iscrowd, area in zip(boxes.tolist(), xyxy_to_xywh(boxes).tolist(), categories, crowd,
+                                                  areas):
         x1, y1, x2, y2 = (round(v, 3) for v in box)
         annotations.append({
             "id": first_id + len(annotations),
             "image_id": image_id,
             "category_id": int(category),
             "bbox": [round(v, 3) for v in xywh],
-            "area": round(xywh[2] * xywh[3], 3),
+            "area": round(area if math.isfinite(area) else xywh[2] * xywh[3], 3),
             "iscrowd": iscrowd,
             "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]],  # the box as a polygon, for mask-based tools
         })  # fmt: skip
@@ -119,7 +126,7 @@ def _write_coco(dataset: Dataset, root: Path, names: list[str], final: Path, lin
         # annotation ids start at 1: pycocotools' matcher reads a ground-truth id of 0 as "unmatched"
         annotations += _coco_annotations(record, image_id, len(annotations) + 1, ignore_id)
     categories = [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(dataset.class_names)]
-    if any(len(record.ignore) for record in dataset.records):
+    if any((record.ignore_labels == 0).any() for record in dataset.records):
         categories.append({"id": ignore_id, "name": IGNORE_CATEGORY, "supercategory": "ignore"})
     content = {
         "info": {"description": f"written by detector from {len(images)} images"},
@@ -155,8 +162,9 @@ def _write_voc(dataset: Dataset, root: Path, names: list[str], final: Path, link
         ET.SubElement(annotation, "segmented").text = "0"
         for box, label in zip(record.boxes.tolist(), record.labels.tolist()):
             _voc_object(annotation, dataset.class_names[label - 1], box, difficult=False)
-        for box in record.ignore.tolist():
-            _voc_object(annotation, IGNORE_CATEGORY, box, difficult=True)
+        for box, label in zip(record.ignore.tolist(), record.ignore_labels.tolist()):
+            # a region of a class is a difficult object of that class; a region of any class, DontCare
+            _voc_object(annotation, dataset.class_names[label - 1] if label else IGNORE_CATEGORY, box, difficult=True)
         ET.indent(annotation)
         xml_path = root / "Annotations" / f"{Path(name).stem}.xml"
         xml_path.parent.mkdir(parents=True, exist_ok=True)

@@ -91,7 +91,7 @@ def coco(tmp_path) -> Path:
         ],
         "categories": [{"id": 3, "name": "truck"}, {"id": 1, "name": "car"}],
         "annotations": [
-            {"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 20, 30, 20], "iscrowd": 0},
+            {"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 20, 30, 20], "iscrowd": 0, "area": 450.5},
             {"id": 2, "image_id": 7, "category_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 1},
             {"id": 3, "image_id": 7, "category_id": 3, "bbox": [40, 10, 10, 10], "iscrowd": 0},
         ],
@@ -299,7 +299,17 @@ def test_coco_converts_xywh_orders_by_category_id_and_keeps_image_ids(coco):
     np.testing.assert_allclose(x.boxes, [[10, 20, 40, 40], [40, 10, 50, 20]])
     assert x.labels.tolist() == [1, 2]
     np.testing.assert_allclose(x.ignore, [[0, 0, 5, 5]])  # iscrowd
-    assert len(y.boxes) == 0
+    assert x.ignore_labels.tolist() == [1]  # a crowd of cars: an ignore region of class car, not of any class
+    np.testing.assert_allclose(x.areas, [450.5, np.nan])  # the source's area where given (the truck has none)
+    assert len(y.boxes) == 0 and y.areas is None
+
+
+def test_coco_area_that_is_not_a_number_names_the_annotation(coco):
+    content = json.loads((coco / "annotations.json").read_text())
+    content["annotations"][0]["area"] = "abc"
+    _text(coco / "annotations.json", json.dumps(content))
+    with pytest.raises(DetectorError, match=r"annotations.json: annotations\[0\] has area 'abc'; expected a non-negative"):
+        read_dataset(coco, "coco")
 
 
 def test_coco_keeps_its_category_ids_for_the_saved_results(coco):

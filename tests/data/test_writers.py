@@ -139,6 +139,27 @@ def test_voc_is_one_based_and_writes_ignore_as_difficult(tmp_path: Path) -> None
     assert sorted(p.name for p in (out / "JPEGImages").iterdir()) == ["frame_0.png", "frame_1.png"]
 
 
+def test_crowds_of_a_class_and_source_areas_survive_coco_and_voc(tmp_path: Path) -> None:
+    """A crowd of vans stays a region of class van (COCO: iscrowd under van; VOC: a difficult van), a DontCare region
+    stays of any class, and COCO keeps the source's object areas."""
+    image = tmp_path / "a.png"
+    assert cv2.imwrite(str(image), np.zeros((20, 40, 3), np.uint8))
+    record = ImageRecord(image, 40, 20, [[0, 0, 10, 5]], [1], 0, ignore=[[20, 2, 30, 12], [30, 0, 40, 10]],
+                         ignore_labels=[2, 0], areas=[31.5])
+    dataset = Dataset(["car", "van"], [record])
+    coco = json.loads((write_dataset(dataset, tmp_path / "coco", "coco") / "annotations.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    assert [(names[a["category_id"]], a["iscrowd"], a["area"]) for a in coco["annotations"]] == [
+        ("car", 0, 31.5), ("van", 1, 100.0), ("DontCare", 1, 100.0)]
+    for fmt in ("coco", "voc"):
+        back = read_dataset(tmp_path / fmt, fmt) if fmt == "coco" else read_dataset(
+            write_dataset(dataset, tmp_path / fmt, fmt), fmt)
+        (got,) = back.records
+        assert got.ignore_labels.tolist() == [back.class_names.index("van") + 1, 0]
+        np.testing.assert_allclose(got.ignore, record.ignore)
+    assert read_dataset(tmp_path / "coco", "coco").records[0].areas.tolist() == [31.5]
+
+
 def test_yolo_drops_ignore_regions_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="detector.data.writers"):
         out = write_dataset(_synthetic(tmp_path), tmp_path / "yolo", "yolo")
