@@ -142,19 +142,20 @@ def slicing_options(args: argparse.Namespace) -> dict:
 
 
 def read_dataset_for_checkpoint(config: Config, path: str, checkpoint: str) -> Dataset:
-    """Read a dataset with the checkpoint's classes; classes it lacks are named with both sides."""
+    """Read a dataset (once) with the checkpoint's classes; classes it lacks are named with both sides."""
     from detector.data.build import read_split
-    from detector.data.readers import read_dataset
+    from detector.errors import UnknownClassError
 
-    available = read_dataset(path, config.data.format, class_map=config.data.class_map or None,
-                             ignore_classes=config.data.ignore_classes, names_file=config.data.names_file or None)
-    missing = [name for name in config.model.class_names if name not in available.class_names]
-    if missing:
+    try:
+        return read_split(config.data, path, list(config.model.class_names))
+    except UnknownClassError as error:
+        if error.option != "classes":  # a class map or ignore class of the config, not the model's classes
+            raise
+        missing = ", ".join(n for n in config.model.class_names if n not in error.available)
         raise DetectorError(
-            f"dataset {path} does not match the classes of checkpoint {checkpoint}: it has no {', '.join(missing)} "
-            f"(the dataset has {', '.join(available.class_names) or 'no classes'})"
-        )
-    return read_split(config.data, path, list(config.model.class_names))
+            f"dataset {path} does not match the classes of checkpoint {checkpoint}: it has no {missing} "
+            f"(the dataset has {', '.join(error.available) or 'no classes'})"
+        ) from None
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -84,6 +84,7 @@ def test_not_a_checkpoint(tmp_path):
 def test_dataset_classes_do_not_match_checkpoint(tiny_checkpoint, shared_data):
     result = run("eval", str(tiny_checkpoint), str(shared_data / "kitti_tiny"), "--format", "kitti")
     assert_one_sentence_error(result, "does not match the classes of checkpoint")
+    assert "it has no car (the dataset has Car, Cyclist, Misc, " in result.stderr
 
 
 def test_unreadable_video(tiny_checkpoint, tmp_path):
@@ -114,6 +115,17 @@ def test_eval_writes_metrics_and_pictures(tiny_checkpoint, tmp_path):
     assert 0.0 <= metrics["AP50"] <= 1.0 and "car" in metrics["per_class"]
     for name in ("detections.json", "pr_curves.png", "confusion_matrix.png"):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_eval_reads_the_dataset_once(tiny_checkpoint, tmp_path, monkeypatch):
+    import detector.data.build as build
+
+    reads = []
+    real = build.read_dataset
+    monkeypatch.setattr(build, "read_dataset", lambda *args, **kwargs: reads.append(args[0]) or real(*args, **kwargs))
+    val = tiny_checkpoint.parent.parent.parent / "data" / "val"
+    assert main(["eval", str(tiny_checkpoint), str(val), "--format", "coco", "--out", str(tmp_path / "e")]) == 0
+    assert reads == [str(val)]  # the class check and the split come from one read
 
 
 def test_eval_with_the_onnx_runtime_gives_the_same_metrics(tiny_checkpoint, tmp_path):

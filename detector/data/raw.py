@@ -24,6 +24,7 @@ import torch
 
 from detector.boxes import clip_boxes, nondegenerate
 from detector.data.images import check_image_file
+from detector.errors import UnknownClassError
 from detector.structures import Dataset, DatasetReport, DetectorError, ImageRecord
 
 __all__ = ["IGNORE_CATEGORY", "RawDataset", "RawImage", "RawObject", "build_dataset", "find_subdir", "index_by_stem",
@@ -119,9 +120,7 @@ def index_by_stem(paths: Iterable[Path], root: Path) -> dict[str, Path]:
 def _check_names(names: Iterable[str], available: Sequence[str], option: str) -> None:
     for name in names:
         if name not in available:
-            raise DetectorError(
-                f"class {name!r} in {option} does not exist in the data; available: {', '.join(available) or 'none'}"
-            )
+            raise UnknownClassError(name, option, list(available))
 
 
 def _output_names(raw: RawDataset, class_map: dict[str, str], ignore: set[str]) -> list[str]:
