@@ -24,7 +24,8 @@ same way:
 
 Rows (``--rows``, comma separated, groups or row names): ``ours``, ``peer``, ``ablations`` (all of these groups:
 ``roi_pool``, ``proposals``, ``frozen_bn``, ``augment``, ``weights``, and issue 11's ``labels`` (rotation refit,
-crop-cut objects), ``cascade``, ``box_loss``, ``head``, ``backbone``, ``input_size``, ``tta``). ``--seeds 0,1`` adds a
+crop-cut objects), ``cascade``, ``box_loss``, ``head``, ``backbone``, ``input_size``, ``tta``, and issue 15's
+``weather``: robust training, whose corruption figures scripts/robustness.py measures on the row's weights). ``--seeds 0,1`` adds a
 ``ours seed=1`` / ``peer seed=1`` row per extra seed and reports mean and spread. ``--split test`` scores every row
 on the test split instead of validation: run it once, for the final table, after every choice was made on val.
 A ``tta`` row re-scores the weights of the row trained like it (inference-only options), it does not train. A row whose resolved config equals a row
@@ -119,6 +120,8 @@ def _ablation_rows() -> list[Row]:
     rows += [Row(f"max_size={v}", "ours", "input_size", (f"data.max_size={v}",)) for v in (800, 960)]
     rows += [Row("multi-scale 512-768", "ours", "input_size", ("augment.sizes=[512,576,640,704,768]",))]
     rows += [Row("tta=flip+1.25x wbf", "ours", "tta", (), eval_overrides=("eval.tta=true",))]
+    # issue 15: robust training (weather and sensor corruptions as augmentation; score it with scripts/robustness.py)
+    rows += [Row("weather=0.5", "ours", "weather", ("augment.weather=0.5",))]
     return rows
 
 
