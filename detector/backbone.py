@@ -28,8 +28,9 @@ Batch normalization. BN normalizes every channel with the mean and standard devi
 (a z-score) and then applies a learned scale and shift. That batch estimate is good with ImageNet's 256 images
 per batch, but a detector trains on 1-4 large images, so the mean and std become noisy estimates of a single
 scene and the features drift from step to step. ``frozen_bn=True`` therefore replaces every ``BatchNorm2d`` by
-``torchvision.ops.FrozenBatchNorm2d``: ImageNet's running statistics and affine parameters stay fixed, in train
-and eval mode alike. Frozen stages always get frozen BN, since a BN with ``requires_grad=False`` would otherwise
+a frozen copy (timm's ``freeze_batch_norm_2d``: torchvision's ``FrozenBatchNorm2d``, or timm's
+``FrozenBatchNormAct2d`` for its BN + activation layers): ImageNet's running statistics and affine parameters stay
+fixed, in train and eval mode alike. Frozen stages always get frozen BN, since a BN with ``requires_grad=False`` would otherwise
 still update its running statistics in train mode.
 
 Pixel normalization. Each backbone expects its own input statistics, exposed as ``pixel_mean`` / ``pixel_std``
@@ -47,9 +48,9 @@ from pathlib import Path
 import timm
 import torch
 import torchvision
-from timm.layers import BatchNormAct2d
+from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
-from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
+from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from detector.structures import DetectorError
@@ -59,10 +60,8 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Backbone",
-    "FrozenBatchNormAct2d",
     "build_backbone",
     "build_imagenet_classifier",
-    "freeze_batchnorm",
     "load_state_dict_by_position",
 ]
 
@@ -95,44 +94,6 @@ _TORCHVISION_WEIGHTS = {
     "mobilenet_v3_large": "MobileNet_V3_Large_Weights",
     "vgg16": "VGG16_Weights",
 }
-
-
-class FrozenBatchNormAct2d(FrozenBatchNorm2d):
-    """A frozen copy of timm's ``BatchNormAct2d``: fixed BN followed by the same dropout and activation."""
-
-    def __init__(self, num_features: int, eps: float, drop: nn.Module, act: nn.Module) -> None:
-        super().__init__(num_features, eps=eps)
-        self.drop = drop
-        self.act = act
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(N, C, H, W) -> (N, C, H, W)."""
-        return self.act(self.drop(super().forward(x)))
-
-
-def _frozen_copy(bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
-    if isinstance(bn, BatchNormAct2d):
-        frozen = FrozenBatchNormAct2d(bn.num_features, bn.eps, bn.drop, bn.act)
-    else:
-        frozen = FrozenBatchNorm2d(bn.num_features, eps=bn.eps)
-    with torch.no_grad():
-        # affine=False / track_running_stats=False BNs become the identity scale and zero shift they stand for
-        frozen.weight.copy_(bn.weight if bn.weight is not None else torch.ones(bn.num_features))
-        frozen.bias.copy_(bn.bias if bn.bias is not None else torch.zeros(bn.num_features))
-        if bn.running_mean is not None:
-            frozen.running_mean.copy_(bn.running_mean)
-            frozen.running_var.copy_(bn.running_var)
-    return frozen
-
-
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace, in place, every ``BatchNorm2d`` below ``module`` by a ``FrozenBatchNorm2d`` copy; returns ``module``."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            setattr(module, name, _frozen_copy(child))
-        else:
-            freeze_batchnorm(child)
-    return module
 
 
 class Backbone(nn.Module):
@@ -324,9 +285,9 @@ def _freeze(backbone: Backbone, freeze_stages: int, frozen_bn: bool) -> None:
             f"(stages: {', '.join(backbone.stages)})"
         )
     for stage in stages[:freeze_stages]:
-        freeze_batchnorm(stage).requires_grad_(False)
+        freeze_batch_norm_2d(stage).requires_grad_(False)
     if frozen_bn:
-        freeze_batchnorm(backbone.stages)
+        freeze_batch_norm_2d(backbone.stages)
 
 
 def build_backbone(

@@ -13,13 +13,13 @@ import pytest
 import timm
 import torch
 from torch import nn
+from timm.layers import FrozenBatchNormAct2d, freeze_batch_norm_2d
 from torchvision.ops import FrozenBatchNorm2d
 
 from detector.backbone import (
     Backbone,
     build_backbone,
     build_imagenet_classifier,
-    freeze_batchnorm,
     load_state_dict_by_position,
 )
 from detector.config import load_config
@@ -103,7 +103,8 @@ def test_freeze_stages_out_of_range_names_the_option() -> None:
 def test_frozen_bn_keeps_statistics_in_train_mode() -> None:
     backbone = build_backbone(weights="none", freeze_stages=0, frozen_bn=True)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
-    assert sum(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules()) == 33  # stem + 32 in blocks0..4
+    frozen = (FrozenBatchNorm2d, FrozenBatchNormAct2d)  # timm's BN + activation layers get timm's frozen twin
+    assert sum(isinstance(m, frozen) for m in backbone.modules()) == 33  # stem + 32 in blocks0..4
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     backbone.train()(torch.rand(2, 3, 64, 64))
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
@@ -115,7 +116,7 @@ def test_frozen_bn_keeps_statistics_in_train_mode() -> None:
 
 
 def test_frozen_bn_computes_what_eval_mode_bn_computes() -> None:
-    """FrozenBatchNormAct2d must keep timm's activation and its eps of 1e-3."""
+    """Frozen BN (timm's freeze_batch_norm_2d) must keep timm's activation and its eps of 1e-3."""
     frozen = build_backbone(weights="imagenet", freeze_stages=0, frozen_bn=True).eval()
     live = build_backbone(weights="imagenet", freeze_stages=0, frozen_bn=False).eval()
     images = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
@@ -123,12 +124,12 @@ def test_frozen_bn_computes_what_eval_mode_bn_computes() -> None:
         torch.testing.assert_close(frozen(images)[0], live(images)[0], atol=1e-4, rtol=1e-4)
 
 
-def test_freeze_batchnorm_copies_statistics_and_affine() -> None:
+def test_frozen_bn_copies_statistics_and_affine() -> None:
     bn = nn.BatchNorm2d(2, eps=1e-3)
     bn.running_mean.copy_(torch.tensor([1.0, -2.0]))
     bn.running_var.copy_(torch.tensor([4.0, 0.25]))
     bn.weight.data.copy_(torch.tensor([2.0, 1.0]))
-    model = freeze_batchnorm(nn.Sequential(bn))
+    model = freeze_batch_norm_2d(nn.Sequential(bn))  # the helper build_backbone uses
     x = torch.tensor([3.0, 0.0]).reshape(1, 2, 1, 1)
     # (3 - 1) / sqrt(4 + 1e-3) * 2 and (0 + 2) / sqrt(0.25 + 1e-3) * 1
     expected = torch.tensor([4 / (4.001**0.5), 2 / (0.251**0.5)])

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch import Tensor, nn
+from timm.layers import FrozenBatchNormAct2d
 from torchvision.ops import FrozenBatchNorm2d
 
 from detector.backbone import build_backbone
@@ -172,7 +173,7 @@ def test_efficientnet_lite0_backbone_receptive_field() -> None:
     assert (stages["rpn"].trainable_params, stages["rpn"].receptive_field) == (112 * 15 + 15, None)
     total = stages["total"]
     assert total.trainable_params + total.frozen_params == sum(p.numel() for p in backbone.parameters()) + sum(
-        m.weight.numel() * 2 for m in backbone.modules() if isinstance(m, FrozenBatchNorm2d)
+        m.weight.numel() * 2 for m in backbone.modules() if isinstance(m, (FrozenBatchNorm2d, FrozenBatchNormAct2d))
     ) + 112 * 15 + 15
     assert total.flops == report.backbone_flops > 0
 
