@@ -99,6 +99,12 @@ class AnchorGenerator(nn.Module):
             for level, feature in enumerate(features)
         ]
 
+    def traced(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """As `forward` in float32, but computed afresh from each level's (possibly traced) size, never cached: for
+        an exported graph, whose feature sizes are symbolic (the cache keys on Python ints)."""
+        return [grid_anchors(base, f.shape[-2], f.shape[-1], stride).float()
+                for base, f, stride in zip(self._base_per_level, features, self.strides)]
+
     def _level_anchors(
         self, level: int, height: int, width: int, device: torch.device, dtype: torch.dtype
     ) -> torch.Tensor:

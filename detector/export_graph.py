@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detector.anchors import grid_anchors
 from detector.boxes import clip_boxes
 from detector.cascade import CascadeRoIHeads
 from detector.checkpoint import load_detector
@@ -68,10 +67,7 @@ class InferenceGraph(nn.Module):
     def _proposals(self, batch: ImageBatch, features: list[torch.Tensor]) -> torch.Tensor:
         rpn: RPN = self.model.proposal_source
         objectness, deltas = flatten_head_outputs(*rpn.head(features))
-        generator = rpn.anchor_generator
-        # anchors built in the graph from each level's traced size (the generator's cache keys on Python ints)
-        anchors_per_level = [grid_anchors(base, f.shape[-2], f.shape[-1], s).float()
-                             for base, f, s in zip(generator._base_per_level, features, generator.strides)]
+        anchors_per_level = rpn.anchor_generator.traced(features)  # built in the graph from each level's size
         anchors = torch.cat(anchors_per_level)
         proposals, _ = rpn.filter_proposals(objectness, deltas, anchors, anchor_levels(anchors_per_level),
                                             batch.image_sizes)

@@ -103,3 +103,14 @@ def test_half_precision_features_give_float32_anchors() -> None:
     assert anchors.dtype == torch.float32
     # The last centre is 63.5 * 32 = 2032; fp16 would round 2032 + 22.627 to 2054.
     torch.testing.assert_close(anchors[-1, 2], torch.tensor(2032.0 + LONG))
+
+
+def test_traced_anchors_equal_the_cached_ones_and_are_not_cached():
+    """The exported graph builds anchors from each level's traced size: the same boxes as forward, no cache entry."""
+    generator = AnchorGenerator((32, 64), (0.5, 1.0), [8, 16])
+    features = [torch.zeros(1, 4, 6, 5), torch.zeros(1, 4, 3, 3)]
+    traced = generator.traced(features)
+    assert not generator._cache
+    for got, expected in zip(traced, generator(features)):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
