@@ -8,15 +8,19 @@ import pytest
 
 from detector.structures import DetectorError
 from detector.track import ByteTracker, KalmanFilter, LineCounter, MotBox, ZoneCounter, read_mot, write_mot
+from detector.track.counting import bottom_centre
 from detector.track.kalman import xyah_to_xyxy, xyxy_to_xyah
 from detector.track.metrics import clear_and_identity, evaluate_tracks, hota
+
+
+BYTETRACK_NOISE = (1 / 20, 1 / 160, 0.0)  # ByteTrack's own weights: the hand computations below use them
 
 
 def test_kalman_initiate_and_predict_by_hand():
     """z = (10, 20, 0.5, 40): position std 2 * 40 / 20 = 4 (var 16), velocity std 10 * 40 / 160 = 2.5 (6.25).
     One frame later: var(cx) = 16 + 6.25 (velocity carried) + (40 / 20)^2 = 26.25, cov(cx, vx) = 6.25 + 0,
     var(vx) = 6.25 + (40 / 160)^2 = 6.3125; the mean does not move (zero velocity)."""
-    kalman = KalmanFilter()
+    kalman = KalmanFilter(*BYTETRACK_NOISE)
     mean, cov = kalman.initiate(np.array([10.0, 20, 0.5, 40]))
     assert mean.tolist() == [10, 20, 0.5, 40, 0, 0, 0, 0]
     assert cov[0, 0] == pytest.approx(16) and cov[4, 4] == pytest.approx(6.25) and cov[2, 2] == pytest.approx(1e-4)
@@ -28,11 +32,22 @@ def test_kalman_initiate_and_predict_by_hand():
 def test_kalman_update_by_hand():
     """After the predict above, measuring cx = 14: S = 26.25 + (40 / 20)^2 = 30.25, gain on cx = 26.25 / 30.25,
     on vx = 6.25 / 30.25; so cx = 10 + 4 * 26.25 / 30.25 and vx = 4 * 6.25 / 30.25."""
-    kalman = KalmanFilter()
+    kalman = KalmanFilter(*BYTETRACK_NOISE)
     mean, cov = kalman.predict(*kalman.initiate(np.array([10.0, 20, 0.5, 40])))
     mean, cov = kalman.update(mean, cov, np.array([14.0, 20, 0.5, 40]))
     assert mean[0] == pytest.approx(10 + 4 * 26.25 / 30.25) and mean[4] == pytest.approx(4 * 6.25 / 30.25)
     assert cov[0, 0] == pytest.approx(26.25 - 26.25**2 / 30.25)
+
+
+def test_kalman_velocity_noise_grows_with_the_velocity():
+    """Defaults: velocity std h / 80 + 0.5 |v| per frame. From an exact state (zero covariance) with h = 40 moving
+    vx = 8, vy = 0, vh = -2 px per frame: var(vx) = (0.5 + 4)^2 = 20.25, var(vy) = 0.5^2, var(vh) = (0.5 + 1)^2, and
+    var(cx) = (40 / 20)^2 = 4. ByteTrack's weights give every velocity (40 / 160)^2, however fast the car goes."""
+    mean, exact = np.array([100.0, 50, 2, 40, 8, 0, 0, -2]), np.zeros((8, 8))
+    _, cov = KalmanFilter().predict(mean, exact)
+    assert np.diag(cov)[[0, 4, 5, 7]] == pytest.approx([4, 20.25, 0.25, 2.25])
+    _, cov = KalmanFilter(*BYTETRACK_NOISE).predict(mean, exact)
+    assert np.diag(cov)[[4, 5, 7]] == pytest.approx([0.0625] * 3)
 
 
 def test_box_conversions_round_trip():
@@ -54,6 +69,46 @@ def test_crossing_cars_keep_their_ids():
             side = "a" if abs(track.box[0] - a[0]) < abs(track.box[0] - b[0]) else "b"
             ids.setdefault(side, set()).add(track.track_id)
     assert ids == {"a": {1}, "b": {2}}
+
+
+def _dash_camera_box(x: float, z: float, size=(480, 320)) -> np.ndarray | None:
+    """The 1.8 m wide, 1.45 m high face of a car at lateral x and distance z (metres) through a level pinhole camera
+    (focal length 450 px, principal point (240, 130), 1.5 m above the road), clipped to the frame; None when under 30%
+    of it shows (the renderer's rule)."""
+    full = np.array([240 + 450 * (x - 0.9) / z, 130 + 450 * 0.05 / z, 240 + 450 * (x + 0.9) / z, 130 + 450 * 1.5 / z])
+    shown = np.clip(full, 0, [*size, *size])
+    area = lambda b: max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)  # noqa: E731
+    return shown if area(shown) >= 0.3 * area(full) else None
+
+
+def _oncoming_queue(tracker: ByteTracker, line: LineCounter) -> dict[int, set[int]]:
+    """Four oncoming cars 8 m apart in the lane 3.5 m left of a dash camera, closing 2.5 m per frame (25 m/s at
+    10 fps): each grows 25% or more per frame near the camera and leaves through the frame's left edge just before
+    the next one takes its place. Returns car -> the track IDs it got; the line counts the tracks' bottom centres."""
+    ids: dict[int, set[int]] = {}
+    for frame in range(30):
+        cars = [(car, _dash_camera_box(-3.5, z0 - 2.5 * frame)) for car, z0 in enumerate((25, 33, 41, 49))
+                if z0 - 2.5 * frame > 2.5]  # passed the camera: gone
+        cars = [(car, box) for car, box in cars if box is not None]
+        boxes = np.array([box for _, box in cars]).reshape(-1, 4)
+        tracks = tracker.update(boxes, np.full(len(boxes), 0.9), np.ones(len(boxes), int))
+        for track in tracks:
+            car = cars[int(np.argmin(np.abs(boxes - track.detection).sum(1)))][0]
+            ids.setdefault(car, set()).add(track.track_id)
+        line.update(frame, frame / 10, [(t.track_id, "car", bottom_centre(t.detection)) for t in tracks])
+    return ids
+
+
+def test_cars_approaching_a_dash_camera_keep_their_ids_and_each_count_once():
+    """The driver's-eye failure by hand: each car's bottom centre crosses y = 208 (65% of the frame) at z = 8.7 m,
+    fully in view. With ByteTrack's pedestrian noise the lagging prediction of the car that just left takes over the
+    next car in the lane (IDs passed on, so the line counts fewer cars); the car-aware noise keeps one ID each."""
+    line = LineCounter("gate", (0, 208), (480, 208))
+    assert _oncoming_queue(ByteTracker(), line) == {0: {1}, 1: {2}, 2: {3}, 3: {4}}
+    assert line.counts == {"left": {}, "right": {"car": 4}}
+    old_line = LineCounter("gate", (0, 208), (480, 208))
+    old = _oncoming_queue(ByteTracker(kalman=KalmanFilter(*BYTETRACK_NOISE)), old_line)
+    assert any(len(ids) > 1 for ids in old.values()) and old_line.total() < 4
 
 
 def test_a_briefly_lost_track_keeps_its_id_and_a_long_gap_gets_a_new_one():
