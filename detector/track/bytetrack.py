@@ -1,11 +1,12 @@
 """ByteTrack (Zhang et al., 2022): tracking by associating every detection, the low-score ones included.
 
-Each frame: predict every track with its Kalman filter; match confirmed and lost tracks to the high-score
-detections (IoU, Hungarian assignment); match the still unmatched confirmed tracks to the low-score detections
-(occluded cars score low: they keep their track instead of breaking it); match tentative tracks to what is left
-of the high-score detections; start tentative tracks from the remaining high-score detections. A tentative track
-is confirmed by a second match (at once in the first frame) and only then gets an ID: IDs start at 1, count up
-and are never reused. A track unmatched for more than ``max_lost`` frames is removed.
+Each frame: predict every track with its Kalman filter (kalman.py: BoT-SORT's width-and-height state, noise made
+for cars; a lost track keeps its size, as in ByteTrack, rather than shrinking away or ballooning); match confirmed
+and lost tracks to the high-score detections (IoU, Hungarian assignment); match the still unmatched confirmed
+tracks to the low-score detections (occluded cars score low: they keep their track instead of breaking it); match
+tentative tracks to what is left of the high-score detections; start tentative tracks from the remaining high-score
+detections. A tentative track is confirmed by a second match (at once in the first frame) and only then gets an ID:
+IDs start at 1, count up and are never reused. A track unmatched for more than ``max_lost`` frames is removed.
 
 Boxes are (N, 4) float x1, y1, x2, y2 in frame pixels; tracks match only detections of their own class.
 """
@@ -19,7 +20,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from detector.boxes import box_iou
-from detector.track.kalman import KalmanFilter, xyah_to_xyxy, xyxy_to_xyah
+from detector.track.kalman import KalmanFilter, cxcywh_to_xyxy, xyxy_to_cxcywh
 
 __all__ = ["ByteTracker", "Track", "TrackState", "iou_matrix", "match"]
 
@@ -32,7 +33,7 @@ class TrackState:
 class Track:
     """One tracked object: its Kalman state, class, last score and history of the frames it was seen in."""
 
-    mean: np.ndarray  # (8,) cx, cy, a, h and velocities
+    mean: np.ndarray  # (8,) cx, cy, w, h and their velocities
     covariance: np.ndarray  # (8, 8)
     label: int
     score: float
@@ -46,9 +47,9 @@ class Track:
     @property
     def box(self) -> np.ndarray:
         """(4,) x1, y1, x2, y2 of the Kalman state (the prediction the association uses). Outputs report
-        `detection` instead: the filter adapts a box's aspect ratio slowly (ByteTrack's noise model is made for
-        pedestrians), so a car entering the frame, whose box grows on one side, would lag behind its detection."""
-        return xyah_to_xyxy(self.mean[:4])[0]
+        `detection` instead, the box the detector saw: the filter smooths, so a car entering the frame, whose box
+        grows on one side, would lag a little behind it."""
+        return cxcywh_to_xyxy(self.mean[:4])[0]
 
 
 def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -81,6 +82,7 @@ class ByteTracker:
     low_match_iou: float = 0.5  # second association, with low-score detections
     tentative_match_iou: float = 0.3  # tentative tracks with the remaining high-score detections
     max_lost: int = 30  # frames a track may go unmatched before it is removed (its ID is kept until then)
+    freeze_lost_size: bool = True  # ByteTrack's and BoT-SORT's: a lost track's predicted box keeps its size
     tracks: list[Track] = field(default_factory=list)
     frame: int = 0
     next_id: int = 1
@@ -94,6 +96,8 @@ class ByteTracker:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores, labels = np.asarray(scores, np.float64).reshape(-1), np.asarray(labels).reshape(-1)
         for track in self.tracks:
+            if self.freeze_lost_size and track.state == TrackState.LOST:
+                track.mean[6:] = 0.0
             track.mean, track.covariance = self.kalman.predict(track.mean, track.covariance)
         high = np.flatnonzero(scores >= self.high_thresh)
         low = np.flatnonzero((scores >= self.low_thresh) & (scores < self.high_thresh))
@@ -113,7 +117,7 @@ class ByteTracker:
         # 4: new tentative tracks (confirmed at once in the first frame, so a video starts with its cars)
         for index in left_high:
             if scores[index] >= self.new_track_thresh:
-                mean, covariance = self.kalman.initiate(xyxy_to_xyah(boxes[index])[0])
+                mean, covariance = self.kalman.initiate(xyxy_to_cxcywh(boxes[index])[0])
                 track = Track(mean, covariance, int(labels[index]), float(scores[index]), self.frame, self.frame,
                               boxes[index].copy())
                 if self.frame == 1:
@@ -141,7 +145,7 @@ class ByteTracker:
         return [tracks[r] for r in rows], candidates[cols]
 
     def _update_track(self, track: Track, index: int, boxes: np.ndarray, scores: np.ndarray) -> None:
-        track.mean, track.covariance = self.kalman.update(track.mean, track.covariance, xyxy_to_xyah(boxes[index])[0])
+        track.mean, track.covariance = self.kalman.update(track.mean, track.covariance, xyxy_to_cxcywh(boxes[index])[0])
         track.score, track.last_frame, track.hits = float(scores[index]), self.frame, track.hits + 1
         track.detection = boxes[index].copy()
         if track.state in (TrackState.TENTATIVE, TrackState.LOST):

@@ -9,23 +9,23 @@ import pytest
 from detector.structures import DetectorError
 from detector.track import ByteTracker, KalmanFilter, LineCounter, MotBox, ZoneCounter, read_mot, write_mot
 from detector.track.counting import bottom_centre
-from detector.track.kalman import xyah_to_xyxy, xyxy_to_xyah
+from detector.track.kalman import cxcywh_to_xyxy, xyxy_to_cxcywh
 from detector.track.metrics import clear_and_identity, evaluate_tracks, hota
 
 
-BYTETRACK_NOISE = (1 / 20, 1 / 160, 0.0)  # ByteTrack's own weights: the hand computations below use them
+BYTETRACK_NOISE = (1 / 20, 1 / 160, 0.0)  # ByteTrack's and BoT-SORT's weights: the hand computations below use them
 
 
 def test_kalman_initiate_and_predict_by_hand():
-    """z = (10, 20, 0.5, 40): position std 2 * 40 / 20 = 4 (var 16), velocity std 10 * 40 / 160 = 2.5 (6.25).
+    """z = (10, 20, 40, 40) (cx, cy, w, h): position std 2 * 40 / 20 = 4 (var 16), velocity std 10 * 40 / 160 = 2.5.
     One frame later: var(cx) = 16 + 6.25 (velocity carried) + (40 / 20)^2 = 26.25, cov(cx, vx) = 6.25 + 0,
     var(vx) = 6.25 + (40 / 160)^2 = 6.3125; the mean does not move (zero velocity)."""
     kalman = KalmanFilter(*BYTETRACK_NOISE)
-    mean, cov = kalman.initiate(np.array([10.0, 20, 0.5, 40]))
-    assert mean.tolist() == [10, 20, 0.5, 40, 0, 0, 0, 0]
-    assert cov[0, 0] == pytest.approx(16) and cov[4, 4] == pytest.approx(6.25) and cov[2, 2] == pytest.approx(1e-4)
+    mean, cov = kalman.initiate(np.array([10.0, 20, 40, 40]))
+    assert mean.tolist() == [10, 20, 40, 40, 0, 0, 0, 0]
+    assert cov[0, 0] == pytest.approx(16) and cov[4, 4] == pytest.approx(6.25) and cov[2, 2] == pytest.approx(16)
     mean, cov = kalman.predict(mean, cov)
-    assert mean.tolist() == [10, 20, 0.5, 40, 0, 0, 0, 0]
+    assert mean.tolist() == [10, 20, 40, 40, 0, 0, 0, 0]
     assert cov[0, 0] == pytest.approx(26.25) and cov[0, 4] == pytest.approx(6.25) and cov[4, 4] == pytest.approx(6.3125)
 
 
@@ -33,26 +33,28 @@ def test_kalman_update_by_hand():
     """After the predict above, measuring cx = 14: S = 26.25 + (40 / 20)^2 = 30.25, gain on cx = 26.25 / 30.25,
     on vx = 6.25 / 30.25; so cx = 10 + 4 * 26.25 / 30.25 and vx = 4 * 6.25 / 30.25."""
     kalman = KalmanFilter(*BYTETRACK_NOISE)
-    mean, cov = kalman.predict(*kalman.initiate(np.array([10.0, 20, 0.5, 40])))
-    mean, cov = kalman.update(mean, cov, np.array([14.0, 20, 0.5, 40]))
+    mean, cov = kalman.predict(*kalman.initiate(np.array([10.0, 20, 40, 40])))
+    mean, cov = kalman.update(mean, cov, np.array([14.0, 20, 40, 40]))
     assert mean[0] == pytest.approx(10 + 4 * 26.25 / 30.25) and mean[4] == pytest.approx(4 * 6.25 / 30.25)
     assert cov[0, 0] == pytest.approx(26.25 - 26.25**2 / 30.25)
 
 
 def test_kalman_velocity_noise_grows_with_the_velocity():
-    """Defaults: velocity std h / 80 + 0.5 |v| per frame. From an exact state (zero covariance) with h = 40 moving
-    vx = 8, vy = 0, vh = -2 px per frame: var(vx) = (0.5 + 4)^2 = 20.25, var(vy) = 0.5^2, var(vh) = (0.5 + 1)^2, and
-    var(cx) = (40 / 20)^2 = 4. ByteTrack's weights give every velocity (40 / 160)^2, however fast the car goes."""
-    mean, exact = np.array([100.0, 50, 2, 40, 8, 0, 0, -2]), np.zeros((8, 8))
+    """Defaults: velocity std w / 80 (x, w) or h / 80 (y, h) + 0.5 |v| per frame. From an exact state (zero
+    covariance), an 80 x 40 box moving vx = 8, vy = 0, vw = 0, vh = -2 px per frame: var(vx) = (1 + 4)^2 = 25,
+    var(vy) = 0.5^2, var(vw) = 1, var(vh) = (0.5 + 1)^2; var(cx) = (80 / 20)^2 = 16, var(cy) = (40 / 20)^2 = 4.
+    ByteTrack's weights give (80 / 160)^2 and (40 / 160)^2, however fast the car goes."""
+    mean, exact = np.array([100.0, 50, 80, 40, 8, 0, 0, -2]), np.zeros((8, 8))
     _, cov = KalmanFilter().predict(mean, exact)
-    assert np.diag(cov)[[0, 4, 5, 7]] == pytest.approx([4, 20.25, 0.25, 2.25])
+    assert np.diag(cov)[[0, 1, 4, 5, 6, 7]] == pytest.approx([16, 4, 25, 0.25, 1, 2.25])
     _, cov = KalmanFilter(*BYTETRACK_NOISE).predict(mean, exact)
-    assert np.diag(cov)[[4, 5, 7]] == pytest.approx([0.0625] * 3)
+    assert np.diag(cov)[4:] == pytest.approx([0.25, 0.0625, 0.25, 0.0625])
 
 
 def test_box_conversions_round_trip():
     boxes = np.array([[10.0, 20, 50, 40], [0, 0, 1, 8]])
-    assert np.allclose(xyah_to_xyxy(xyxy_to_xyah(boxes)), boxes)
+    assert xyxy_to_cxcywh(boxes).tolist() == [[30, 30, 40, 20], [0.5, 4, 1, 8]]
+    assert np.allclose(cxcywh_to_xyxy(xyxy_to_cxcywh(boxes)), boxes)
 
 
 def _car(x: float, y: float, w: float = 40, h: float = 20) -> list[float]:
@@ -109,6 +111,33 @@ def test_cars_approaching_a_dash_camera_keep_their_ids_and_each_count_once():
     old_line = LineCounter("gate", (0, 208), (480, 208))
     old = _oncoming_queue(ByteTracker(kalman=KalmanFilter(*BYTETRACK_NOISE)), old_line)
     assert any(len(ids) > 1 for ids in old.values()) and old_line.total() < 4
+
+
+@pytest.mark.parametrize("first, step", [(10, 15), (20, 20), (30, 30)])
+def test_a_car_entering_through_the_frame_edge_keeps_one_id(first: int, step: int):
+    """A car 50 px wide and 100 px long drives up into a 480 px high frame at ``step`` px per frame; its first box is
+    the ``first`` px that show, so its box's shape changes from 5:1 to 1:2 within a few frames. A filter of the aspect
+    ratio w / h (SORT's, ByteTrack's) lagged: its prediction widened to twice the car and the car got a second ID.
+    The width is its own state now (BoT-SORT's)."""
+    tracker, ids = ByteTracker(), set()
+    for frame in range(25):
+        top = 480 - first - step * frame
+        tracks = tracker.update(np.array([[200.0, top, 250, min(top + 100, 480)]]), np.array([0.9]), np.array([1]))
+        ids |= {t.track_id for t in tracks}
+    assert ids == {1}
+
+
+def test_a_lost_track_keeps_its_size():
+    """ByteTrack and BoT-SORT stop a lost track's size from changing: here a box shrinking 5 px a frame (a car sliding
+    under a bridge) vanishes; ten frames later its prediction still has the size it had, rather than a negative one."""
+    tracker = ByteTracker()
+    for frame in range(8):
+        tracker.update(np.array([[100.0, 100 + 5 * frame, 150, 200]]), np.array([0.9]), np.array([1]))
+    for _ in range(10):
+        tracker.update(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int))
+    (track,) = tracker.tracks
+    width, height = track.box[2:] - track.box[:2]
+    assert track.state == "lost" and width == pytest.approx(50, abs=1) and 55 <= height <= 65  # last seen 65 tall
 
 
 def test_a_briefly_lost_track_keeps_its_id_and_a_long_gap_gets_a_new_one():
