@@ -41,13 +41,14 @@ VIEWS = ("topdown", "driver")
 _VERSION = 1  # bump when rendering changes, so a cached dataset is not mistaken for a new one
 
 
-def _world(rng: np.random.Generator, size: tuple[int, int], view: str, duration: float):
+def _world(rng: np.random.Generator, size: tuple[int, int], view: str, duration: float, stop_and_go: bool = False,
+           occlusions: bool = False):
     if view not in VIEWS:
         raise DetectorError(f"synthetic view must be one of {', '.join(VIEWS)}, got {view!r}")
     if min(size) < 32:
         raise DetectorError(f"synthetic image size must be at least 32x32 pixels (height, width), got {tuple(size)}")
     world_type = _TopdownWorld if view == "topdown" else _DriverWorld
-    return world_type(rng, (int(size[0]), int(size[1])), duration)
+    return world_type(rng, (int(size[0]), int(size[1])), duration, stop_and_go=stop_and_go, occlusions=occlusions)
 
 
 def _render_frame(world, time: float, rng: np.random.Generator) -> SceneRender:
@@ -131,17 +132,22 @@ def write_coco_dataset(out_dir: Path, num_images: int, size: tuple[int, int] = (
 
 
 def render_video(path: Path, num_frames: int = 60, size: tuple[int, int] = (320, 480), fps: float = 10,
-                 seed: int = 0, view: str = "driver") -> Path:
+                 seed: int = 0, view: str = "driver", stop_and_go: bool = False, occlusions: bool = False) -> Path:
     """Write an mp4 (codec mp4v) of ``num_frames`` frames of ``size`` (height, width) in which cars move
     smoothly and keep their identities, plus ``path.with_suffix(".json")``: per frame, the ground-truth
-    boxes (pixel xyxy), their track ids and the ignore regions. Returns ``path``."""
+    boxes (pixel xyxy), their track ids and the ignore regions. Returns ``path``.
+
+    ``stop_and_go``: traffic slows to a standstill for a few seconds and drives off again (the driver's view: the ego
+    and every car in its direction; top-down: one lane). ``occlusions``: cars hide fully for a few frames and are
+    seen again (the driver's view: a parked car behind a passing van; top-down: cars under a bridge). Both are off by
+    default, which keeps every seed's video as it was; the sidecar's ``traffic`` says when and which cars."""
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise DetectorError(f"synthetic video path must end in .mp4, got {path}")
     if num_frames < 1 or fps <= 0:
         raise DetectorError(f"synthetic video needs num_frames >= 1 and fps > 0, got {num_frames} and {fps}")
     rng = np.random.default_rng(seed)
-    world = _world(rng, size, view, num_frames / fps)
+    world = _world(rng, size, view, num_frames / fps, stop_and_go, occlusions)
     height, width = world.size
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
@@ -157,6 +163,7 @@ def render_video(path: Path, num_frames: int = 60, size: tuple[int, int] = (320,
     finally:
         writer.release()
     sidecar = {"video": path.name, "view": view, "fps": fps, "num_frames": num_frames, "width": width,
-               "height": height, "seed": seed, "box_format": "xyxy pixels", "frames": frames}
+               "height": height, "seed": seed, "box_format": "xyxy pixels", "traffic": world.traffic(),
+               "frames": frames}
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1))
     return path

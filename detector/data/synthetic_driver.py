@@ -2,13 +2,14 @@
 
 :class:`Camera` projects world metres to pixels; :func:`driver_car` draws one car seen from behind (or
 oncoming); ``_DriverWorld`` lays out sky, road, roadside objects and cars, streaming past over time.
+``_StopAndGo`` is the speed profile of traffic that slows to a standstill and drives off again (both views use it).
 Boxes as in :mod:`detector.data.synthetic`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import cv2
@@ -185,14 +186,62 @@ def _facade(camera: Camera, x: float, z: float, length: float, height: float, co
     return Sprite.build(parts, depth=1e4 + z)
 
 
+@dataclass
+class _StopAndGo:
+    """A speed profile in seconds: full speed until ``start``, a smooth (half-cosine) slowdown over ``slow`` to a
+    standstill, ``wait`` standing, a smooth start over ``go`` back to full speed. Speeds are continuous, so positions
+    (the integral, `distance`) glide."""
+
+    start: float
+    slow: float
+    wait: float
+    go: float
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, duration: float) -> _StopAndGo:
+        """A stop within a video of ``duration`` seconds: it starts after 30-40% of it and is over by 82%."""
+        start, slow, wait, go = duration * rng.uniform([0.3, 0.08, 0.1, 0.1], [0.4, 0.12, 0.15, 0.15])
+        return cls(float(start), float(slow), float(wait), float(go))
+
+    def factor(self, time: float) -> float:
+        """The fraction of full speed at ``time``: 1, down to 0, 0, back up to 1."""
+        moving = time - self.start - self.slow - self.wait
+        if time < self.start or moving >= self.go:
+            return 1.0
+        if time < self.start + self.slow:
+            return float(1 + np.cos(np.pi * (time - self.start) / self.slow)) / 2
+        return 0.0 if moving < 0 else float(1 - np.cos(np.pi * moving / self.go)) / 2
+
+    def distance(self, time: float) -> float:
+        """The integral of `factor` from 0 to ``time``: seconds' worth of full-speed travel (``time`` if no stop)."""
+        if time < self.start:
+            return time
+        braking = min(time - self.start, self.slow)
+        done = self.start + braking / 2 + self.slow / (2 * np.pi) * np.sin(np.pi * braking / self.slow)
+        moving = min(time - self.start - self.slow - self.wait, self.go)
+        if moving <= 0:
+            return float(done)
+        done += moving / 2 - self.go / (2 * np.pi) * np.sin(np.pi * moving / self.go)
+        return float(done + max(time - self.start - self.slow - self.wait - self.go, 0.0))
+
+
 class _DriverWorld:
     """A dash camera on a straight road: sky, far tree line, lanes, sidewalks, buildings, trees, lamps,
     signs and people. The ego car drives at ``speed`` m/s, so roadside objects stream past (wrapping to
-    the far end) while other cars keep their own lanes and speeds."""
+    the far end) while other cars keep their own lanes and speeds.
+
+    Videos may add (each off by default, so a seed's scene stays what it was):
+    - ``stop_and_go``: the ego and every car in its direction slow to a standstill together, wait a few seconds and
+      drive off again (`_StopAndGo`); oncoming traffic keeps its speed. ``jam`` holds the profile.
+    - ``occlusions``: a car parked on the shoulder passes fully behind a van driving in the outer lane on that side,
+      as the ego drives by: hidden for a few frames, then seen again (other traffic may hide it too, as any car).
+      ``occlusion`` holds their ids and the time the two line up.
+    Both draw from the generator after the scene is laid out, so the rest of the scene is the seed's."""
 
     _SPAN = 100.0  # metres of roadside that stream past, then wrap
 
-    def __init__(self, rng: np.random.Generator, size: tuple[int, int], duration: float = 0.0) -> None:
+    def __init__(self, rng: np.random.Generator, size: tuple[int, int], duration: float = 0.0,
+                 stop_and_go: bool = False, occlusions: bool = False) -> None:
         height, width = size
         self.rng, self.size = rng, size
         self.camera = Camera(width * rng.uniform(0.85, 1.05), width * rng.uniform(0.46, 0.54),
@@ -210,6 +259,8 @@ class _DriverWorld:
         self.background = self._scenery()
         self.static = self._distractors()
         self.cars = self._place_cars(duration)
+        self.jam = _StopAndGo.sample(rng, duration) if stop_and_go and duration else None
+        self.occlusion = self._add_occlusion(duration) if occlusions and duration else None
 
     def _scenery(self) -> np.ndarray:
         rng, camera, (height, width) = self.rng, self.camera, self.size
@@ -323,9 +374,10 @@ class _DriverWorld:
         """Cars as dicts of lateral ``x``, start distance ``z``, velocity relative to the ego (m/s), style, ..."""
         rng = self.rng
         ego = self.ego
-        lanes = [(self.left + (k + 0.5) * self.lane, "front" if k < self.oncoming else "rear",
-                  -(self.speed + rng.uniform(8, 18)) if k < self.oncoming else rng.uniform(0 if k == ego else -4, 3))
-                 for k in range(self.num_lanes)]  # relative m/s: nobody in the ego lane is being caught up
+        self.lanes = lanes = [
+            (self.left + (k + 0.5) * self.lane, "front" if k < self.oncoming else "rear",
+             -(self.speed + rng.uniform(8, 18)) if k < self.oncoming else rng.uniform(0 if k == ego else -4, 3))
+            for k in range(self.num_lanes)]  # relative m/s: nobody in the ego lane is being caught up
         near, far = np.array([4.5, 34.0]) * self.camera.f / 300  # keeps cars 16..120 px wide at any zoom
         count = _car_count(rng, duration)
         cars: list[dict] = []
@@ -342,12 +394,61 @@ class _DriverWorld:
                          "facing": facing, "style": style, "colour": _paint(rng), "id": len(cars)})
         return cars
 
+    def _add_occlusion(self, duration: float) -> dict:
+        """A car parked at the kerb and a van driving in the outer lane beside it (never the ego's lane) line up, seen
+        from the camera, early in the video (before any stop): the van, nearer and larger, hides the whole parked car
+        for a few frames while the ego drives by. An oncoming van keeps its lane's speed; in a lane of the ego's
+        direction the van overtakes (4-8 m/s faster than the ego), so that it sweeps past the parked car quickly.
+        Cars of the van's lane that it would come within 6.5 m of are taken away."""
+        rng = self.rng
+        side = int(rng.choice([side for side, outer in ((-1, 0), (1, self.num_lanes - 1)) if outer != self.ego]))
+        lane = 0 if side < 0 else self.num_lanes - 1
+        x_van, facing, velocity = self.lanes[lane]
+        if facing == "rear":
+            velocity = rng.uniform(4, 8)
+        x_parked = (self.left if side < 0 else self.right) + side * 1.1  # on the shoulder, just off the road
+        z_parked = max(rng.uniform(25, 40), abs(x_parked) / 0.3)  # within 0.3 rad of the axis: well inside the frame
+        z_van = z_parked * x_van / x_parked  # the same line of sight: x / z is the image column
+        when = duration * rng.uniform(0.12, 0.22)
+        if velocity > 0:  # an overtaking van: in view from the start rather than popping up beside the camera
+            when = min(when, (z_van - 8.0) / velocity)
+        style = ("sedan", "hatchback", "suv")[rng.integers(3)]
+        van = {"lane": lane, "x": x_van, "z": 0.0, "velocity": velocity, "facing": facing, "style": "van",
+               "colour": _paint(rng), "id": len(self.cars)}
+        parked = {"lane": -1, "x": x_parked, "z": 0.0, "velocity": -self.speed, "facing": facing, "style": style,
+                  "colour": _paint(rng), "id": len(self.cars) + 1}
+        van["z"], parked["z"] = z_van - self._distance(van, when), z_parked - self._distance(parked, when)
+        times = np.linspace(0, duration, 50)
+        path = np.array([self._distance(van, t) for t in times])
+        self.cars = [c for c in self.cars if c["lane"] != lane or min(
+            abs(self._distance(c, t) - z) for t, z in zip(times, path)) >= 6.5] + [van, parked]
+        return {"car_id": parked["id"], "occluder_id": van["id"], "time": float(when)}
+
+    def _distance(self, car: dict, time: float) -> float:
+        """How far ahead of the camera ``car`` is at ``time`` (metres). Without a stop: its start plus its speed
+        relative to the ego times ``time``; with one, its own travel and the ego's follow the profile."""
+        if self.jam is None:
+            return car["z"] + car["velocity"] * time
+        own = self.jam.distance(time) if car["facing"] == "rear" else time  # parked cars do not move either way
+        return car["z"] + (car["velocity"] + self.speed) * own - self.speed * self.jam.distance(time)
+
+    def traffic(self) -> dict:
+        """What a video's ground truth should know of the options: the stop (seconds, and the ids of the cars that
+        stop with the ego) and the occlusion (the hidden car's id, the van's, and when they line up)."""
+        jam = None if self.jam is None else {
+            **asdict(self.jam), "car_ids": [c["id"] for c in self.cars if c["facing"] == "rear" and c["lane"] >= 0]}
+        return {"stop_and_go": jam, "occlusion": self.occlusion}
+
+    def travelled(self, time: float) -> float:
+        """Metres the ego has driven by ``time``."""
+        return self.speed * (self.jam.distance(time) if self.jam is not None else time)
+
     def frame(self, time: float) -> tuple[list[Sprite], list[tuple[np.ndarray, Colour]]]:
         """Sprites and road marks at ``time`` seconds."""
-        travelled = self.speed * time
+        travelled = self.travelled(time)
         sprites = [build(z=4 + (z - travelled - 4) % self._SPAN if time else z) for z, build in self.static]
         for car in self.cars:
-            z = car["z"] + car["velocity"] * time
+            z = self._distance(car, time)
             if 2.5 <= z <= 200:  # passed or too far to draw
                 sprites.append(driver_car(self.camera, car["x"], z, car["colour"], car["style"], car["facing"],
                                           car["id"], self.sun))

@@ -2,12 +2,13 @@
 
 :func:`topdown_car` draws one car from above; ``_TopdownWorld`` lays out the road, its markings,
 roadside objects and the cars, and gives the sprites of any moment of a video. Pixel coordinates,
-boxes as in :mod:`detector.data.synthetic`.
+boxes as in :mod:`detector.data.synthetic`. Stop-and-go traffic uses the driver's view's speed profile.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 import cv2
 import numpy as np
@@ -28,6 +29,7 @@ from detector.data.synthetic_draw import (
     _texture,
     _unit_vector,
 )
+from detector.data.synthetic_driver import _StopAndGo
 
 # Top-down silhouettes: width / length, then windshield front and back, rear window front and back,
 # as signed fractions of the length from the centre (+ is the front).
@@ -95,9 +97,18 @@ class _TopdownWorld:
 
     Road coordinates: ``s`` along the road, ``t`` across it, in pixels. ``unit`` is the mean car length.
     Cars in one lane share a speed, so they never collide; parked cars have speed 0.
+
+    Videos may add (each off by default, so a seed's scene stays what it was):
+    - ``stop_and_go``: every car of one moving lane slows to a standstill together, waits a few seconds and drives
+      off again (`_StopAndGo`, as if at a light); ``jam`` holds the profile and ``jam_lane`` the lane.
+    - ``occlusions``: a bridge wider than a car across the road in the middle of the image (not where a car is parked
+      or stands still in the stopping lane), so each car passing under it is hidden for a few frames. ``occlusion``
+      holds where it is.
+    Both draw from the generator after the scene is laid out, so the rest of the scene is the seed's.
     """
 
-    def __init__(self, rng: np.random.Generator, size: tuple[int, int], duration: float = 0.0) -> None:
+    def __init__(self, rng: np.random.Generator, size: tuple[int, int], duration: float = 0.0,
+                 stop_and_go: bool = False, occlusions: bool = False) -> None:
         height, width = size
         self.rng, self.size = rng, size
         self.unit = rng.uniform(34, 62) * min(height, width) / 320
@@ -120,6 +131,10 @@ class _TopdownWorld:
         self.marks = self._markings()
         self.static = self._distractors()
         self.cars = self._place_cars(duration)
+        moving = sorted({car["lane"] for car in self.cars if car["speed"] > 0})
+        self.jam = _StopAndGo.sample(rng, duration) if stop_and_go and duration and moving else None
+        self.jam_lane = int(rng.choice(moving)) if self.jam is not None else None
+        self.occlusion = self._add_bridge() if occlusions and duration else None
 
     def at(self, s, t) -> np.ndarray:
         """Road coordinates (arrays of P) -> (P, 2) image pixels."""
@@ -200,13 +215,30 @@ class _TopdownWorld:
             tip_t = base_t - side * self.lane * rng.uniform(0.4, 0.9)
             sprites.append(self._lamp(rng.uniform(-0.5, 0.5) * self.reach, base_t, tip_t))
         if rng.random() < 0.12:  # a bridge across the road
-            sprites.append(self._bridge())
+            sprites.append(self._bridge(rng.uniform(-0.25, 0.25) * self.reach, unit * rng.uniform(0.4, 0.9)))
         return sprites
 
-    def _bridge(self) -> Sprite:
-        """A deck with railings across the whole road, above everything but trees."""
+    def _add_bridge(self) -> dict:
+        """A bridge 1.5-1.9 mean car lengths wide (a whole car fits under it) across the road in the middle half of the
+        image, where no parked car stands nor any car of a stopping lane stands still (that would hide it for
+        seconds)."""
+        rng, half = self.rng, self.unit * self.rng.uniform(0.75, 0.95)
+        corners = np.array([[0, 0], [self.size[1], 0], [0, self.size[0]], [self.size[1], self.size[0]]])
+        extent = (corners - self.origin) @ self.axis  # the s-range the image spans
+        stop = self.jam.start + self.jam.slow if self.jam is not None else 0.0
+        standing = [(self._along(car, stop), car["length"]) for car in self.cars
+                    if car["speed"] == 0 or car["lane"] == self.jam_lane]  # parked, or stopping with its lane
+        for _ in range(20):
+            s = rng.uniform(extent.min(), extent.max()) / 2
+            if all(abs(at - s) > half + length / 2 + 0.2 * self.unit for at, length in standing):
+                break
+        self.static.append(self._bridge(s, half))
+        centre = self.at(s, 0.0).round(1).tolist()
+        return {"bridge_s": float(s), "bridge_width": float(2 * half), "bridge_centre": centre}
+
+    def _bridge(self, s: float, half: float) -> Sprite:
+        """A deck ``2 * half`` wide with railings across the whole road at ``s``, above everything but trees."""
         rng, unit = self.rng, self.unit
-        s, half = rng.uniform(-0.25, 0.25) * self.reach, unit * rng.uniform(0.4, 0.9)
         deck = self.band(s - half, s + half, -self.reach, self.reach)
         rails = [self.band(s + e, s + e + 2, -self.reach, self.reach) for e in (-half, half - 2)]
         concrete = _shade((165, 163, 158), rng.uniform(0.8, 1.1))
@@ -279,11 +311,24 @@ class _TopdownWorld:
                          "heading": rng.normal(0, 0.03), "id": len(cars)})
         return cars
 
+    def _along(self, car: dict, time: float) -> float:
+        """Where ``car`` is along the road at ``time`` (pixels): its start plus its speed times ``time``, or times the
+        stop's `_StopAndGo.distance` in the lane that stops."""
+        travel = self.jam.distance(time) if self.jam is not None and car["lane"] == self.jam_lane else time
+        return car["s"] + car["direction"] * car["speed"] * travel
+
+    def traffic(self) -> dict:
+        """What a video's ground truth should know of the options: the stop (seconds, and the ids of the cars in the
+        lane that stops) and the bridge (where along the road, how wide, its centre in pixels)."""
+        jam = None if self.jam is None else {
+            **asdict(self.jam), "car_ids": [c["id"] for c in self.cars if c["lane"] == self.jam_lane]}
+        return {"stop_and_go": jam, "occlusion": self.occlusion}
+
     def frame(self, time: float) -> tuple[list[Sprite], list[tuple[np.ndarray, Colour]]]:
         """Sprites and road marks at ``time`` seconds."""
         sprites = list(self.static)
         for car in self.cars:
-            s = car["s"] + car["direction"] * car["speed"] * time
+            s = self._along(car, time)
             heading = self.angle + (0 if car["direction"] > 0 else np.pi) + car["heading"]
             sprites.append(topdown_car(self.at(s, car["t"]), car["length"], heading, car["colour"], car["style"],
                                        car["id"], self.sun))

@@ -22,6 +22,7 @@ from detector.data.synthetic import (
     topdown_car,
     write_coco_dataset,
 )
+from detector.data.synthetic_driver import _StopAndGo
 from detector.structures import DetectorError
 
 GREEN = (0, 255, 0)  # no car part is ever pure green, so every changed pixel belongs to the car
@@ -196,8 +197,10 @@ def test_existing_dataset_is_reused_and_a_foreign_folder_refused(tmp_path, monke
 
 
 @pytest.mark.parametrize("view", ["topdown", "driver"])
-def test_video_reads_back_with_smooth_tracks(tmp_path, view: str) -> None:
-    path = render_video(tmp_path / "clip.mp4", num_frames=15, size=(120, 160), fps=10, seed=1, view=view)
+@pytest.mark.parametrize("traffic", [False, True])
+def test_video_reads_back_with_smooth_tracks(tmp_path, view: str, traffic: bool) -> None:
+    path = render_video(tmp_path / "clip.mp4", num_frames=15, size=(120, 160), fps=10, seed=1, view=view,
+                        stop_and_go=traffic, occlusions=traffic)
     capture = cv2.VideoCapture(str(path))
     frames = []
     while True:
@@ -218,6 +221,87 @@ def test_video_reads_back_with_smooth_tracks(tmp_path, view: str) -> None:
              for (i, a), (j, b) in zip(track, track[1:]) if j == i + 1]  # between consecutive frames
     assert steps and max(steps) < 40  # cars glide: no teleporting identities
     assert np.mean(steps) > 0.3  # and they do move
+
+
+def test_traffic_options_leave_the_seed_scene_as_it_was() -> None:
+    """The options draw after the scene is laid out: the same seed gives the same background and, before the stop,
+    the same cars in the same places (the occlusion only adds its two cars and may take some of one lane away)."""
+    plain, busy = (synthetic._world(np.random.default_rng(4), (120, 160), "driver", 6.0, stop_and_go=on,
+                                     occlusions=on) for on in (False, True))
+    assert np.array_equal(plain.background, busy.background)
+    def where(world) -> set:  # each car's id, lane, place and speed
+        return {(car["id"], car["lane"], car["x"], car["z"], car["velocity"]) for car in world.cars}
+
+    added = {busy.occlusion["car_id"], busy.occlusion["occluder_id"]}
+    kept = {car for car in where(busy) if car[0] not in added}
+    assert kept and kept <= where(plain) and {car[0] for car in where(busy)} >= added
+    assert busy.traffic()["stop_and_go"]["start"] > busy.occlusion["time"]  # the van passes before the stop
+    assert plain.traffic() == {"stop_and_go": None, "occlusion": None}
+
+
+def test_stop_and_go_profile_by_hand() -> None:
+    """Full speed until 1 s, slowing over 2 s (half speed at 2 s), standing 3 s, starting over 2 s (half at 7 s).
+    Distance in seconds of full speed: 1 + 2 / 2 = 2 at the standstill; at 10 s, 10 - 2 / 2 - 3 - 2 / 2 = 5."""
+    jam = _StopAndGo(start=1.0, slow=2.0, wait=3.0, go=2.0)
+    assert [jam.factor(t) for t in (0.5, 2.0, 4.5, 7.0, 9.0)] == pytest.approx([1, 0.5, 0, 0.5, 1])
+    assert [jam.distance(t) for t in (0.5, 3.0, 6.0, 10.0)] == pytest.approx([0.5, 2.0, 2.0, 5.0])
+    times = np.linspace(0, 10, 2001)
+    midpoints = [jam.factor(t) for t in (times[1:] + times[:-1]) / 2]
+    numeric = np.concatenate([[0], np.cumsum(np.diff(times) * midpoints)])  # the integral of the speed, numerically
+    assert np.abs(np.array([jam.distance(t) for t in times]) - numeric).max() < 1e-4
+
+
+@pytest.mark.parametrize("view", ["driver", "topdown"])
+def test_a_stop_and_go_car_stops_and_drives_off_smoothly(view: str) -> None:
+    """The driver's view: the ego and a car ahead in its direction stop together, so the car's speed along the road
+    is measured from where the ego started; top-down: a car of the lane that stops."""
+    world = synthetic._world(np.random.default_rng(2), (120, 160), view, 30.0, stop_and_go=True)
+    car = next(c for c in world.cars if c["id"] in world.traffic()["stop_and_go"]["car_ids"])
+    step, times = 0.05, np.arange(0, 30, 0.05)
+    if view == "driver":
+        position = np.array([world._distance(car, t) + world.travelled(t) for t in times])  # metres
+    else:
+        position = np.array([world._along(car, t) for t in times])  # pixels along the road
+    speed = np.abs(np.diff(position)) / step
+    cruising, jam = speed[0], world.jam
+    assert cruising > 1 and speed[-1] == pytest.approx(cruising, rel=1e-6)  # back to its speed
+    standing = (times[:-1] > jam.start + jam.slow + step) & (times[1:] < jam.start + jam.slow + jam.wait)
+    assert standing.sum() > 20 and speed[standing].max() < 1e-6 * cruising  # a standstill of over a second
+    assert np.abs(np.diff(speed)).max() < 0.1 * cruising  # no jumps in speed: it brakes and starts smoothly
+
+
+def test_the_parked_car_hidden_by_the_van_keeps_its_id(tmp_path) -> None:
+    """The driver's view with occlusions: the van hides the parked car fully when the two line up; the ground truth
+    has the parked car's box before and after, under the same id, and nothing for it while hidden (a car under 30%
+    visible is an ignore region, with no id)."""
+    path = render_video(tmp_path / "clip.mp4", num_frames=60, size=(240, 320), seed=1, view="driver",
+                        stop_and_go=True, occlusions=True)
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    occlusion, frames = sidecar["traffic"]["occlusion"], sidecar["frames"]
+    car, lined_up = occlusion["car_id"], round(occlusion["time"] * sidecar["fps"])
+    seen = [frame["index"] for frame in frames if car in frame["track_ids"]]
+    assert car not in frames[lined_up]["track_ids"] and occlusion["occluder_id"] in frames[lined_up]["track_ids"]
+    before, after = [i for i in seen if i < lined_up], [i for i in seen if i > lined_up]
+    assert len(before) >= 3 and len(after) >= 3  # seen, hidden, seen again: the same id
+    assert any(frame["ignore"] for frame in frames[before[-1] + 1:after[0]])  # partly hidden on the way
+
+
+def test_cars_passing_under_the_bridge_keep_their_ids(tmp_path) -> None:
+    """Top-down with occlusions: a car vanishes under the bridge for a few frames and comes out under the same id."""
+    path = render_video(tmp_path / "clip.mp4", num_frames=40, size=(160, 240), seed=1, view="topdown",
+                        occlusions=True)
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    world = synthetic._world(np.random.default_rng(1), (160, 240), "topdown", 4.0, occlusions=True)
+    bridge = sidecar["traffic"]["occlusion"]
+    assert bridge == world.occlusion
+    gaps = []
+    for car in world.cars:
+        seen = [frame["index"] for frame in sidecar["frames"] if car["id"] in frame["track_ids"]]
+        gaps += [(car, a, b) for a, b in zip(seen, seen[1:]) if b > a + 2]
+    assert gaps
+    for car, last, back in gaps:  # hidden in between, by the bridge: its middle passed under the deck
+        along = [world._along(car, index / sidecar["fps"]) for index in range(last + 1, back)]
+        assert min(abs(s - bridge["bridge_s"]) for s in along) < bridge["bridge_width"] / 2
 
 
 def test_video_rejects_a_non_mp4_path(tmp_path) -> None:
