@@ -101,6 +101,15 @@ def _mean_ap(summary: dict, name: str, metric: str = "AP") -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _group_cell(summary: dict, group: list[str]) -> str:
+    """'mPC / rPC' of one model over the corruptions in ``group`` (mean of their severity means), or a dash."""
+    means = [m for m in (_mean_ap(summary, c) for c in group) if m is not None]
+    if not means:
+        return "–"
+    value, clean = sum(means) / len(means), summary["clean"]["AP"]
+    return f"{value:.3f} / {value / clean:.3f}" if clean > 0 else f"{value:.3f} / –"
+
+
 def markdown(report: dict) -> str:
     models = report["models"]
     names = list(models)
@@ -121,13 +130,14 @@ def markdown(report: dict) -> str:
                                                        for n in names) + " |")
     for label, key in (("**mPC**", "mPC_AP"), ("**rPC**", "rPC_AP"), ("mPC AP50", "mPC_AP50"), ("rPC AP50", "rPC_AP50")):
         lines.append(f"| {label} | " + " | ".join(cell(models[n].get(key)) for n in names) + " |")
-    for group, label in (("seen", "trained-on corruptions"), ("held_out", "held-out corruptions")):
-        if any(group in models[n] for n in names):
-            lines.append(f"| mPC / rPC, {label} | " + " | ".join(
-                f"{cell(models[n][group]['mPC_AP'])} / {cell(models[n][group]['rPC_AP'])}" if group in models[n]
-                else "–" for n in names) + " |")
-    if any(models[n].get("trained_on") for n in names):
-        lines += ["", "\\* a corruption the model was trained with (augment.weather); the others are held out."]
+    trained = next((models[n]["trained_on"] for n in names if models[n].get("trained_on")), None)
+    if trained:  # every model over the same two groups: the robust model's training corruptions and the rest
+        for label, group in (("trained-on", [c for c in corruptions if c in trained]),
+                             ("held-out", [c for c in corruptions if c not in trained])):
+            lines.append(f"| mPC / rPC, {label} corruptions | " + " | ".join(
+                _group_cell(models[n], group) for n in names) + " |")
+        lines += ["", f"\\* a corruption the model was trained with (augment.weather: {', '.join(trained)}); the "
+                  "others are held out. The group rows score every model over the same corruptions."]
     return "\n".join(lines) + "\n"
 
 

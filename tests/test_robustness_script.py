@@ -78,3 +78,19 @@ def test_summary_splits_trained_on_and_held_out():
     assert summary["seen"]["mPC_AP"] == pytest.approx(0.3) and summary["seen"]["rPC_AP50"] == pytest.approx(0.7)
     assert summary["held_out"]["names"] == ["snow"] and summary["held_out"]["mPC_AP"] == pytest.approx(0.1)
     assert summarize({"AP": 0.0, "AP50": 0.0}, scores)["rPC_AP"] is None
+
+
+def test_markdown_scores_every_model_over_the_robust_models_groups(script):
+    """The trained-on / held-out rows use the robust model's training list for every model, so they compare."""
+    def summary(fog: float, snow: float, trained_on=None) -> dict:
+        corruptions = [{"name": "fog", "severity": 1, "AP": fog}, {"name": "snow", "severity": 1, "AP": snow}]
+        return {"clean": {"AP": 0.5}, "corruptions": corruptions, "mPC_AP": (fog + snow) / 2,
+                "rPC_AP": (fog + snow) / 1.0, "trained_on": trained_on}
+
+    report = {"split": "val", "command": "c", "date": "d", "machine": {"platform": "p", "threads": 2},
+              "versions": {"torch": "t", "albumentations": "a"},
+              "models": {"plain": summary(0.2, 0.3), "robust": summary(0.4, 0.35, ["fog"])}}
+    text = script.markdown(report)
+    assert "| mPC / rPC, trained-on corruptions | 0.200 / 0.400 | 0.400 / 0.800 |" in text
+    assert "| mPC / rPC, held-out corruptions | 0.300 / 0.600 | 0.350 / 0.700 |" in text
+    assert "| fog | 0.200 | 0.400* |" in text
