@@ -87,7 +87,9 @@ def hota(ground_truth: list[MotBox], predicted: list[MotBox]) -> dict[str, float
 
 def clear_and_identity(ground_truth: list[MotBox], predicted: list[MotBox], iou_threshold: float = 0.5) -> dict:
     """MOTA, MOTP (mean IoU of matches), IDF1, ID switches, fragmentations, false positives and misses (motmetrics;
-    a ground-truth and a predicted box can match at IoU >= ``iou_threshold``)."""
+    a ground-truth and a predicted box can match at IoU >= ``iou_threshold``), and "ID switches across a gap": those
+    of the ID switches where the object's ground truth has a gap since it was last matched (frames without its box:
+    fully hidden, too little of it visible, or out of view), the switches a full occlusion may explain."""
     import motmetrics
 
     gt, pr = _by_frame(ground_truth), _by_frame(predicted)
@@ -104,7 +106,23 @@ def clear_and_identity(ground_truth: list[MotBox], predicted: list[MotBox], iou_
     summary = motmetrics.metrics.create().compute(accumulator, metrics=list(names), name="all")
     values = {names[key]: float(summary[key].iloc[0]) for key in names}
     values["MOTP"] = 1.0 - values["MOTP"] if np.isfinite(values["MOTP"]) else float("nan")  # distance -> IoU
+    values["ID switches across a gap"] = float(_switches_across_gaps(accumulator.mot_events, ground_truth))
     return values
+
+
+def _switches_across_gaps(events, ground_truth: list[MotBox]) -> int:
+    """Of motmetrics' SWITCH events (a DataFrame indexed by (frame, event) with Type and OId), those whose object
+    lacks a ground-truth box in some frame between its previous match and the switch."""
+    present = {(box.frame, box.track_id) for box in ground_truth}
+    matched = events[events["Type"].isin(["MATCH", "SWITCH"])]
+    last_match: dict[int, int] = {}
+    count = 0
+    for (frame, _), kind, object_id in zip(matched.index, matched["Type"], matched["OId"]):
+        object_id = int(object_id)
+        if kind == "SWITCH" and object_id in last_match:
+            count += any((gap, object_id) not in present for gap in range(last_match[object_id] + 1, frame))
+        last_match[object_id] = frame
+    return count
 
 
 def evaluate_tracks(ground_truth: list[MotBox], predicted: list[MotBox]) -> dict[str, float]:

@@ -238,6 +238,20 @@ def test_hota_hand_computed_id_switch():
     assert clear["ID switches"] == 1 and clear["MOTA"] == pytest.approx(0.75) and clear["IDF1"] == pytest.approx(0.5)
 
 
+def test_switches_across_a_gap_are_told_apart():
+    """Object 1 changes ID between consecutive frames (2 -> 3: a switch in plain view). Object 2 is hidden in frame 3
+    and comes back under a new ID in frame 4; object 3 too, but its new track shows only from frame 5 (a tracker
+    confirms a track on its second detection): both are switches across a gap, which a full occlusion may explain."""
+    def boxes(track_id: int, x: float, frames, ids=None) -> list[MotBox]:
+        return [MotBox(f, ids(f) if ids else track_id, (x, 0.0, x + 10, 10.0)) for f in frames]
+
+    gt = boxes(1, 0, range(1, 6)) + boxes(2, 50, (1, 2, 4, 5)) + boxes(3, 100, (1, 2, 4, 5))
+    pred = (boxes(0, 0, range(1, 6), lambda f: 7 if f <= 2 else 8) + boxes(0, 50, (1, 2, 4, 5), lambda f: 9 + (f > 2))
+            + boxes(0, 100, (1, 2, 5), lambda f: 11 + (f > 2)))
+    clear = clear_and_identity(gt, pred)
+    assert clear["ID switches"] == 3 and clear["ID switches across a gap"] == 2
+
+
 def test_identical_prediction_and_truth_score_one():
     gt = [MotBox(f, i, (10.0 * i + f, 5.0, 10.0 * i + f + 8, 15.0)) for f in range(1, 6) for i in (1, 2, 3)]
     result = evaluate_tracks(gt, list(gt))
