@@ -104,12 +104,12 @@ def score_corruptions(model, dataset: "Dataset", config: Config, device, corrupt
     """AP and AP50 under each corruption, mPC and rPC against the clean figures (split into the corruptions trained
     on and the held-out ones for a model trained with augment.weather): robustness.json / .md in ``out``."""
     from detector.engine import evaluate
-    from detector.robustness import markdown_table, score_corruptions, summarize
+    from detector.robustness import markdown_table, score_corruptions, summarize, trained_corruptions
 
     scores = score_corruptions(lambda wrap: evaluate(model, dataset, config, device, with_loss=False, progress=False,
                                                      wrap_transform=wrap).result.metrics, corruptions)
-    trained_on = config.augment.weather_corruptions if config.augment.enabled and config.augment.weather > 0 else ()
-    summary = summarize(clean, scores, trained_on)
+    summary = summarize(clean, scores, trained_corruptions(config.augment))
+
     def rpc_text(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 

@@ -28,7 +28,8 @@ import numpy as np
 from detector.errors import DetectorError
 
 __all__ = ["CORRUPTIONS", "SEVERITIES", "SEVERITY_TABLE", "CorruptedTransform", "Fog", "Night", "RandomCorruption",
-           "corrupt", "markdown_table", "mpc", "parse_corruptions", "rpc", "score_corruptions", "summarize"]
+           "corrupt", "markdown_table", "mpc", "parse_corruptions", "rpc", "score_corruptions", "summarize",
+           "trained_corruptions"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -312,6 +313,13 @@ def score_corruptions(evaluate: Callable[[Callable[[Any], Any]], Mapping[str, fl
         metrics = evaluate(lambda transform, n=name, v=severity: CorruptedTransform(transform, n, v))
         scores[(name, severity)] = {m: metrics[m] for m in ("AP", "AP50")}
     return scores
+
+
+def trained_corruptions(augment: Any) -> list[str]:
+    """The corruptions a model was trained with (``augment.weather_corruptions`` when robust training was on), or []:
+    read from a config's ``augment`` section, as `summarize`'s ``trained_on``."""
+    on = getattr(augment, "enabled", False) and float(getattr(augment, "weather", 0.0)) > 0
+    return list(augment.weather_corruptions) if on else []
 
 
 def summarize(clean: Mapping[str, float], scores: Mapping[tuple[str, int], Mapping[str, float]],

@@ -35,7 +35,8 @@ from detector.config import load_config  # noqa: E402
 from detector.data.build import build_split  # noqa: E402
 from detector.engine import evaluate  # noqa: E402
 from detector.errors import DetectorError  # noqa: E402
-from detector.robustness import SEVERITIES, parse_corruptions, score_corruptions, summarize  # noqa: E402
+from detector.robustness import (  # noqa: E402
+    SEVERITIES, parse_corruptions, score_corruptions, summarize, trained_corruptions)
 from detector.runs import json_safe  # noqa: E402
 
 PEER_CONFIG = "config.yaml"  # scripts/benchmark.py saves the peer's config beside its peer.pt
@@ -89,8 +90,7 @@ def score_model(name: str, weights: Path, split: str, corruptions: list[tuple[st
     clean = run(None)
     print(f"clean AP {clean['AP']:.3f} AP50 {clean['AP50']:.3f}", flush=True)
     scores = score_corruptions(run, corruptions)
-    augment = config.augment
-    trained_on = augment.weather_corruptions if augment.enabled and augment.weather > 0 else ()
+    augment, trained_on = config.augment, trained_corruptions(config.augment)
     return {"kind": kind, "weights": str(weights), "split": split, "max_images": max_images,
             "weather": {"p": augment.weather, "corruptions": list(trained_on), "max_severity": augment.weather_max_severity}
             if trained_on else None, **summarize(clean, scores, trained_on)}
