@@ -185,10 +185,14 @@ def row_config(args: argparse.Namespace, row: Row) -> Config:
 
 
 def config_key(kind: str, config: Config) -> str:
-    """Identity of a training run: the model kind and the resolved config, without its run folder name."""
-    values = config.to_dict()
-    values["train"].pop("name")
-    return hashlib.sha1(json.dumps([kind, values], sort_keys=True).encode()).hexdigest()[:16]
+    """Identity of a training run: the model kind and every option that differs from its default, without the run
+    folder name and the tracker's options (they change no figure here). Options left at their default are left out,
+    so an option added later (off by default) keeps the rows measured before it."""
+    values, defaults = config.to_dict(), Config().to_dict()
+    changed = {section: {name: value for name, value in options.items()
+                         if name != "name" and value != defaults[section].get(name)}
+               for section, options in values.items() if section != "track"}
+    return hashlib.sha1(json.dumps([kind, changed], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def mean_step_seconds(per_epoch: list[list[float]], warmup: int = WARMUP_STEPS) -> tuple[float | None, int]:

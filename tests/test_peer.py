@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import script_module
-from detector.config import load_config
+from detector.config import apply_overrides, load_config
 from detector.structures import Detections
 
 
@@ -167,3 +167,15 @@ def test_a_measured_row_is_kept_unless_rerun(benchmark, monkeypatch):
         other = benchmark.parse_args(["--config", "configs/demo.yaml", "--budget-min", "2", *changed])
         benchmark._measure_or_reuse(ours, other, done)
     assert measured == ["ours", "ours seed=1", "ours", "ours", "ours"]
+
+
+def test_the_row_identity_ignores_options_left_at_their_default(benchmark):
+    """A row measured before an option existed is kept: the identity leaves out options at their default (and the
+    tracker's options, which change no detection figure), but any option set away from its default changes it."""
+    base = load_config("configs/demo.yaml")
+    key = benchmark.config_key("ours", base)
+    same = apply_overrides(base, ["augment.weather=0.0", "track.max_lost=5", "train.name=other"])
+    assert benchmark.config_key("ours", same) == key
+    assert benchmark.config_key("ours", apply_overrides(base, ["augment.weather=0.5"])) != key
+    assert benchmark.config_key("ours", apply_overrides(base, ["train.seed=1"])) != key
+    assert benchmark.config_key("peer", base) != key
