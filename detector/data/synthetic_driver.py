@@ -2,7 +2,6 @@
 
 :class:`Camera` projects world metres to pixels; :func:`driver_car` draws one car seen from behind (or
 oncoming); ``_DriverWorld`` lays out sky, road, roadside objects and cars, streaming past over time.
-``_StopAndGo`` is the speed profile of traffic that slows to a standstill and drives off again (both views use it).
 Boxes as in :mod:`detector.data.synthetic`.
 """
 
@@ -30,6 +29,7 @@ from detector.data.synthetic_draw import (
     _texture,
     _unit_vector,
 )
+from detector.data.synthetic_traffic import StopAndGo
 
 
 @dataclass
@@ -186,45 +186,6 @@ def _facade(camera: Camera, x: float, z: float, length: float, height: float, co
     return Sprite.build(parts, depth=1e4 + z)
 
 
-@dataclass
-class _StopAndGo:
-    """A speed profile in seconds: full speed until ``start``, a smooth (half-cosine) slowdown over ``slow`` to a
-    standstill, ``wait`` standing, a smooth start over ``go`` back to full speed. Speeds are continuous, so positions
-    (the integral, `distance`) glide."""
-
-    start: float
-    slow: float
-    wait: float
-    go: float
-
-    @classmethod
-    def sample(cls, rng: np.random.Generator, duration: float) -> _StopAndGo:
-        """A stop within a video of ``duration`` seconds: it starts after 30-40% of it and is over by 82%."""
-        start, slow, wait, go = duration * rng.uniform([0.3, 0.08, 0.1, 0.1], [0.4, 0.12, 0.15, 0.15])
-        return cls(float(start), float(slow), float(wait), float(go))
-
-    def factor(self, time: float) -> float:
-        """The fraction of full speed at ``time``: 1, down to 0, 0, back up to 1."""
-        moving = time - self.start - self.slow - self.wait
-        if time < self.start or moving >= self.go:
-            return 1.0
-        if time < self.start + self.slow:
-            return float(1 + np.cos(np.pi * (time - self.start) / self.slow)) / 2
-        return 0.0 if moving < 0 else float(1 - np.cos(np.pi * moving / self.go)) / 2
-
-    def distance(self, time: float) -> float:
-        """The integral of `factor` from 0 to ``time``: seconds' worth of full-speed travel (``time`` if no stop)."""
-        if time < self.start:
-            return time
-        braking = min(time - self.start, self.slow)
-        done = self.start + braking / 2 + self.slow / (2 * np.pi) * np.sin(np.pi * braking / self.slow)
-        moving = min(time - self.start - self.slow - self.wait, self.go)
-        if moving <= 0:
-            return float(done)
-        done += moving / 2 - self.go / (2 * np.pi) * np.sin(np.pi * moving / self.go)
-        return float(done + max(time - self.start - self.slow - self.wait - self.go, 0.0))
-
-
 class _DriverWorld:
     """A dash camera on a straight road: sky, far tree line, lanes, sidewalks, buildings, trees, lamps,
     signs and people. The ego car drives at ``speed`` m/s, so roadside objects stream past (wrapping to
@@ -232,7 +193,7 @@ class _DriverWorld:
 
     Videos may add (each off by default, so a seed's scene stays what it was):
     - ``stop_and_go``: the ego and every car in its direction slow to a standstill together, wait a few seconds and
-      drive off again (`_StopAndGo`); oncoming traffic keeps its speed. ``jam`` holds the profile.
+      drive off again (`StopAndGo`); oncoming traffic keeps its speed. ``jam`` holds the profile.
     - ``occlusions``: a car parked on the shoulder passes fully behind a van driving in the outer lane on that side,
       as the ego drives by: hidden for a few frames, then seen again (other traffic may hide it too, as any car).
       ``occlusion`` holds their ids and the time the two line up.
@@ -259,7 +220,7 @@ class _DriverWorld:
         self.background = self._scenery()
         self.static = self._distractors()
         self.cars = self._place_cars(duration)
-        self.jam = _StopAndGo.sample(rng, duration) if stop_and_go and duration else None
+        self.jam = StopAndGo.sample(rng, duration) if stop_and_go and duration else None
         self.occlusion = self._add_occlusion(duration) if occlusions and duration else None
 
     def _scenery(self) -> np.ndarray:

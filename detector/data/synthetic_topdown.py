@@ -29,7 +29,7 @@ from detector.data.synthetic_draw import (
     _texture,
     _unit_vector,
 )
-from detector.data.synthetic_driver import _StopAndGo
+from detector.data.synthetic_traffic import StopAndGo
 
 # Top-down silhouettes: width / length, then windshield front and back, rear window front and back,
 # as signed fractions of the length from the centre (+ is the front).
@@ -100,7 +100,7 @@ class _TopdownWorld:
 
     Videos may add (each off by default, so a seed's scene stays what it was):
     - ``stop_and_go``: every car of one moving lane slows to a standstill together, waits a few seconds and drives
-      off again (`_StopAndGo`, as if at a light); ``jam`` holds the profile and ``jam_lane`` the lane.
+      off again (`StopAndGo`, as if at a light); ``jam`` holds the profile and ``jam_lane`` the lane.
     - ``occlusions``: a bridge wider than a car across the road in the middle of the image (not where a car is parked
       or stands still in the stopping lane), so each car passing under it is hidden for a few frames. ``occlusion``
       holds where it is.
@@ -132,7 +132,7 @@ class _TopdownWorld:
         self.static = self._distractors()
         self.cars = self._place_cars(duration)
         moving = sorted({car["lane"] for car in self.cars if car["speed"] > 0})
-        self.jam = _StopAndGo.sample(rng, duration) if stop_and_go and duration and moving else None
+        self.jam = StopAndGo.sample(rng, duration) if stop_and_go and duration and moving else None
         self.jam_lane = int(rng.choice(moving)) if self.jam is not None else None
         self.occlusion = self._add_bridge() if occlusions and duration else None
 
@@ -313,7 +313,7 @@ class _TopdownWorld:
 
     def _along(self, car: dict, time: float) -> float:
         """Where ``car`` is along the road at ``time`` (pixels): its start plus its speed times ``time``, or times the
-        stop's `_StopAndGo.distance` in the lane that stops."""
+        stop's `StopAndGo.distance` in the lane that stops."""
         travel = self.jam.distance(time) if self.jam is not None and car["lane"] == self.jam_lane else time
         return car["s"] + car["direction"] * car["speed"] * travel
 

@@ -22,7 +22,7 @@ from detector.data.synthetic import (
     topdown_car,
     write_coco_dataset,
 )
-from detector.data.synthetic_driver import _StopAndGo
+from detector.data.synthetic_traffic import StopAndGo
 from detector.structures import DetectorError
 
 GREEN = (0, 255, 0)  # no car part is ever pure green, so every changed pixel belongs to the car
@@ -242,7 +242,7 @@ def test_traffic_options_leave_the_seed_scene_as_it_was() -> None:
 def test_stop_and_go_profile_by_hand() -> None:
     """Full speed until 1 s, slowing over 2 s (half speed at 2 s), standing 3 s, starting over 2 s (half at 7 s).
     Distance in seconds of full speed: 1 + 2 / 2 = 2 at the standstill; at 10 s, 10 - 2 / 2 - 3 - 2 / 2 = 5."""
-    jam = _StopAndGo(start=1.0, slow=2.0, wait=3.0, go=2.0)
+    jam = StopAndGo(start=1.0, slow=2.0, wait=3.0, go=2.0)
     assert [jam.factor(t) for t in (0.5, 2.0, 4.5, 7.0, 9.0)] == pytest.approx([1, 0.5, 0, 0.5, 1])
     assert [jam.distance(t) for t in (0.5, 3.0, 6.0, 10.0)] == pytest.approx([0.5, 2.0, 2.0, 5.0])
     times = np.linspace(0, 10, 2001)
