@@ -28,7 +28,7 @@ import numpy as np
 from detector.errors import DetectorError
 
 __all__ = ["CORRUPTIONS", "SEVERITIES", "SEVERITY_TABLE", "CorruptedTransform", "Fog", "Night", "RandomCorruption",
-           "corrupt", "markdown_table", "mpc", "parse_corruptions", "rpc", "score_corruptions", "summarize",
+           "corrupt", "group_figures", "markdown_table", "mpc", "parse_corruptions", "rpc", "score_corruptions", "summarize",
            "trained_corruptions"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -329,21 +329,30 @@ def summarize(clean: Mapping[str, float], scores: Mapping[tuple[str, int], Mappi
     figures over the corruptions it was trained on ("seen") and over the others ("held_out"). rPC is None when
     the clean figure is 0."""
     summary: dict[str, Any] = {"clean": {m: clean[m] for m in ("AP", "AP50")},
-                               "corruptions": [{"name": n, "severity": v, **dict(f)} for (n, v), f in scores.items()]}
-    groups = {"": scores}
+                               "corruptions": [{"name": n, "severity": v, **dict(f)} for (n, v), f in scores.items()],
+                               **group_figures(clean, scores, {name for name, _ in scores})}
     if trained_on:
-        groups["seen"] = {k: f for k, f in scores.items() if k[0] in trained_on}
-        groups["held_out"] = {k: f for k, f in scores.items() if k[0] not in trained_on}
         summary["trained_on"] = list(trained_on)
-    for group, members in groups.items():
-        if not members:
-            continue
-        target = summary if not group else summary.setdefault(group, {"names": sorted({k[0] for k in members})})
-        for metric in ("AP", "AP50"):
-            per = {key: figures[metric] for key, figures in members.items()}
-            target[f"mPC_{metric}"] = mpc(per)
-            target[f"rPC_{metric}"] = rpc(per, clean[metric]) if clean[metric] > 0 else None
+        for group, names in (("seen", set(trained_on)), ("held_out", {n for n, _ in scores} - set(trained_on))):
+            figures = group_figures(clean, scores, names)
+            if figures:
+                summary[group] = {"names": sorted(n for n in names if any(k[0] == n for k in scores)), **figures}
     return summary
+
+
+def group_figures(clean: Mapping[str, float], scores: Mapping[tuple[str, int], Mapping[str, float]],
+                  names: set[str] | Sequence[str], metrics: Sequence[str] = ("AP", "AP50")) -> dict[str, float | None]:
+    """mPC and rPC of each of ``metrics`` over the scores of the corruptions in ``names`` ({} when none was scored);
+    rPC is None when the clean figure is 0."""
+    members = {key: figures for key, figures in scores.items() if key[0] in set(names)}
+    if not members:
+        return {}
+    out: dict[str, float | None] = {}
+    for metric in metrics:
+        per = {key: figures[metric] for key, figures in members.items()}
+        out[f"mPC_{metric}"] = mpc(per)
+        out[f"rPC_{metric}"] = rpc(per, clean[metric]) if clean[metric] > 0 else None
+    return out
 
 
 class CorruptedTransform:

@@ -36,7 +36,7 @@ from detector.data.build import build_split  # noqa: E402
 from detector.engine import evaluate  # noqa: E402
 from detector.errors import DetectorError  # noqa: E402
 from detector.robustness import (  # noqa: E402
-    SEVERITIES, parse_corruptions, score_corruptions, summarize, trained_corruptions)
+    SEVERITIES, group_figures, parse_corruptions, score_corruptions, summarize, trained_corruptions)
 from detector.runs import json_safe  # noqa: E402
 
 PEER_CONFIG = "config.yaml"  # scripts/benchmark.py saves the peer's config beside its peer.pt
@@ -102,12 +102,13 @@ def _mean_ap(summary: dict, name: str, metric: str = "AP") -> float | None:
 
 
 def _group_cell(summary: dict, group: list[str]) -> str:
-    """'mPC / rPC' of one model over the corruptions in ``group`` (mean of their severity means), or a dash."""
-    means = [m for m in (_mean_ap(summary, c) for c in group) if m is not None]
-    if not means:
+    """'mPC / rPC' of one model over the corruptions in ``group`` (robustness.group_figures), or a dash."""
+    scores = {(c["name"], c["severity"]): c for c in summary["corruptions"]}
+    figures = group_figures(summary["clean"], scores, group, metrics=("AP",))
+    if not figures:
         return "–"
-    value, clean = sum(means) / len(means), summary["clean"]["AP"]
-    return f"{value:.3f} / {value / clean:.3f}" if clean > 0 else f"{value:.3f} / –"
+    rpc = figures["rPC_AP"]
+    return f"{figures['mPC_AP']:.3f} / " + ("–" if rpc is None else f"{rpc:.3f}")
 
 
 def markdown(report: dict) -> str:
