@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-track", help="MOTA, IDF1, HOTA, ID switches of a MOTChallenge file against ground truth")
     p.add_argument("predicted", help="MOTChallenge txt written by `detector track` (tracks_mot.txt)")
-    p.add_argument("ground_truth", help="MOTChallenge ground-truth txt (seventh field 0: not considered)")
+    p.add_argument("ground_truth", help="MOTChallenge ground-truth txt (seventh field 0: an ignore region, where a "
+                                        "prediction counts neither way)")
     p.add_argument("--counts", nargs=2, metavar=("PREDICTED_JSON", "TRUE_JSON"),
                    help="also compare line counts: counts.json of `detector track` against the true counts")
     p.add_argument("--out", help="also write the metrics as JSON to this file")

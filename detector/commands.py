@@ -220,9 +220,10 @@ def run_track(args: argparse.Namespace) -> int:
 
 def run_eval_track(args: argparse.Namespace) -> int:
     from detector.track.metrics import count_errors, evaluate_tracks
-    from detector.track.mot import read_mot
+    from detector.track.mot import read_ground_truth, read_mot
 
-    metrics = evaluate_tracks(read_mot(args.ground_truth, ground_truth=True), read_mot(args.predicted))
+    truth, ignore = read_ground_truth(args.ground_truth)
+    metrics = evaluate_tracks(truth, read_mot(args.predicted), ignore)
     if args.counts:
         metrics["count errors"] = count_errors(*args.counts)
     for key, value in metrics.items():

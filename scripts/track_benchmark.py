@@ -72,6 +72,11 @@ def truth_of(sidecar: dict) -> list[MotBox]:
             for box, track_id in zip(frame["boxes"], frame["track_ids"])]
 
 
+def ignore_of(sidecar: dict) -> list[MotBox]:
+    """The renderer's ignore regions (cars too hidden to ask for) per frame, for `evaluate_tracks`."""
+    return [MotBox(frame["index"] + 1, 0, tuple(box), 0.0) for frame in sidecar["frames"] for box in frame["ignore"]]
+
+
 def true_counts(sidecar: dict, line: tuple[str, tuple, tuple]) -> dict[str, int]:
     """Crossings of ``line`` by the true trajectories, counted by the same rule as the tracker's counter."""
     counter = LineCounter(*line)
@@ -83,7 +88,7 @@ def true_counts(sidecar: dict, line: tuple[str, tuple, tuple]) -> dict[str, int]
 
 def track_row(predictor, video: Path, sidecar: dict, line_text: str, line: tuple, work: Path) -> dict:
     summary = run_tracking(predictor, str(video), work, lines=[line_text], batch_size=4)
-    metrics = evaluate_tracks(truth_of(sidecar), read_mot(summary.mot_path))
+    metrics = evaluate_tracks(truth_of(sidecar), read_mot(summary.mot_path), ignore_of(sidecar))
     truth = true_counts(sidecar, line)
     got = summary.counts["lines"][line[0]]
     total_true = truth["left"] + truth["right"]

@@ -3,7 +3,7 @@
 from detector.track.bytetrack import ByteTracker, Track, TrackState
 from detector.track.counting import CountEvent, LineCounter, ZoneCounter
 from detector.track.kalman import KalmanFilter
-from detector.track.mot import MotBox, read_mot, write_mot
+from detector.track.mot import MotBox, read_ground_truth, read_mot, write_mot
 
 __all__ = ["ByteTracker", "CountEvent", "KalmanFilter", "LineCounter", "MotBox", "Track", "TrackState",
-           "ZoneCounter", "read_mot", "write_mot"]
+           "ZoneCounter", "read_ground_truth", "read_mot", "write_mot"]

@@ -22,7 +22,7 @@ from detector.structures import DetectorError
 from detector.track.bytetrack import iou_matrix
 from detector.track.mot import MotBox
 
-__all__ = ["ALPHAS", "clear_and_identity", "count_errors", "evaluate_tracks", "hota"]
+__all__ = ["ALPHAS", "clear_and_identity", "count_errors", "drop_ignored", "evaluate_tracks", "hota"]
 
 ALPHAS = np.arange(0.05, 0.99, 0.05)  # 19 thresholds
 
@@ -125,8 +125,35 @@ def _switches_across_gaps(events, ground_truth: list[MotBox]) -> int:
     return count
 
 
-def evaluate_tracks(ground_truth: list[MotBox], predicted: list[MotBox]) -> dict[str, float]:
-    """Every tracking metric of this module in one dict."""
+def drop_ignored(ground_truth: list[MotBox], predicted: list[MotBox], ignore: list[MotBox],
+                 min_ioa: float = 0.5, match_iou: float = 0.5) -> list[MotBox]:
+    """``predicted`` without the boxes that lie in an ignore region: a box matching no ground-truth box of its frame
+    (IoU below ``match_iou``) and at least ``min_ioa`` of whose area lies inside one of the frame's ignore regions (a
+    car too hidden to ask for) is neither a hit nor a false positive, and leaves before scoring (MOTChallenge's
+    distractor rule, with COCO's intersection-over-area test for crowd regions)."""
+    if not ignore:
+        return list(predicted)
+    gt, regions = _by_frame(ground_truth), _by_frame(ignore)
+    kept = []
+    for box in predicted:
+        if box.frame in regions:
+            b = np.array(box.box, np.float64)
+            area = max((b[2] - b[0]) * (b[3] - b[1]), 1e-9)
+            r = regions[box.frame][1]
+            wh = np.clip(np.minimum(b[2:], r[:, 2:]) - np.maximum(b[:2], r[:, :2]), 0, None)
+            inside = (wh[:, 0] * wh[:, 1]).max() / area >= min_ioa
+            found = box.frame in gt and iou_matrix(b[None], gt[box.frame][1]).max(initial=0.0) >= match_iou
+            if inside and not found:
+                continue
+        kept.append(box)
+    return kept
+
+
+def evaluate_tracks(ground_truth: list[MotBox], predicted: list[MotBox],
+                    ignore: list[MotBox] | None = None) -> dict[str, float]:
+    """Every tracking metric of this module in one dict; predicted boxes in an ``ignore`` region do not count
+    (`drop_ignored`)."""
+    predicted = drop_ignored(ground_truth, predicted, ignore or [])
     return {**clear_and_identity(ground_truth, predicted), **hota(ground_truth, predicted)}
 
 

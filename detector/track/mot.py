@@ -1,6 +1,8 @@
 """MOTChallenge text files: one line per box, ``frame, id, x, y, w, h, score, -1, -1, -1`` (frames from 1, boxes
 as top-left corner and size in pixels). Ground-truth files put a "consider" flag (0 or 1) in the score column, and
-may add class and visibility: `read_mot` keeps the first seven fields and skips lines whose flag is 0 when asked to.
+may add class and visibility: `read_mot` keeps the first seven fields; `read_ground_truth` splits a ground-truth file
+into the boxes to find (flag 1) and the ignore regions (flag 0: objects too hidden to ask for, where a prediction is
+neither right nor wrong).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from detector.structures import DetectorError
 
-__all__ = ["MotBox", "read_mot", "write_mot"]
+__all__ = ["MotBox", "read_ground_truth", "read_mot", "write_mot"]
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,9 @@ def write_mot(path: str | Path, boxes: list[MotBox]) -> Path:
     return path
 
 
-def read_mot(path: str | Path, ground_truth: bool = False) -> list[MotBox]:
-    """The boxes of a MOT file. With ``ground_truth``, lines whose seventh field (consider) is 0 are left out.
-    A malformed line fails with one sentence naming the file and line."""
+def read_mot(path: str | Path) -> list[MotBox]:
+    """The boxes of a MOT file, their seventh field as ``score``. A malformed line fails with one sentence naming the
+    file and line."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -71,7 +73,11 @@ def read_mot(path: str | Path, ground_truth: bool = False) -> list[MotBox]:
         if not all(np.isfinite(values)) or frame < 1 or not frame.is_integer() or not track_id.is_integer() or w < 0 or h < 0:
             raise DetectorError(f"{where}: expected a frame >= 1, an integer id and a non-negative size, got "
                                 f"{line.strip()!r}")
-        if ground_truth and score == 0:
-            continue
         boxes.append(MotBox(int(frame), int(track_id), (x, y, x + w, y + h), score))
     return boxes
+
+
+def read_ground_truth(path: str | Path) -> tuple[list[MotBox], list[MotBox]]:
+    """A MOTChallenge ground-truth file -> (the boxes to find: consider flag not 0, the ignore regions: flag 0)."""
+    boxes = read_mot(path)
+    return [b for b in boxes if b.score != 0], [b for b in boxes if b.score == 0]

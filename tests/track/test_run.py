@@ -147,6 +147,10 @@ def test_eval_track_command(tmp_path, capsys):
     assert main(["eval-track", str(pred), str(gt)]) == 0
     out = capsys.readouterr().out
     assert "HOTA: 0.7071" in out and "ID switches: 1" in out
+    gt.write_text(gt.read_text() + "1,-1,30,0,10,10,0,-1,-1\n")  # flag 0: an ignore region in frame 1
+    pred.write_text(pred.read_text() + "1,3,30,0,10,10,0.8,-1,-1,-1\n")  # a prediction there counts neither way
+    assert main(["eval-track", str(pred), str(gt)]) == 0
+    assert "false positives: 0.0" in capsys.readouterr().out
     pred.write_text("1,1,0,0,10\n")
     assert main(["eval-track", str(pred), str(gt)]) == 2
     assert "pred.txt:1: expected at least 7 comma-separated fields" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from detector.structures import DetectorError
 from detector.track import ByteTracker, KalmanFilter, LineCounter, MotBox, ZoneCounter, read_mot, write_mot
 from detector.track.counting import bottom_centre
 from detector.track.kalman import cxcywh_to_xyxy, xyxy_to_cxcywh
-from detector.track.metrics import clear_and_identity, evaluate_tracks, hota
+from detector.track.metrics import clear_and_identity, drop_ignored, evaluate_tracks, hota
 
 
 BYTETRACK_NOISE = (1 / 20, 1 / 160, 0.0)  # ByteTrack's and BoT-SORT's weights: the hand computations below use them
@@ -256,3 +256,16 @@ def test_identical_prediction_and_truth_score_one():
     gt = [MotBox(f, i, (10.0 * i + f, 5.0, 10.0 * i + f + 8, 15.0)) for f in range(1, 6) for i in (1, 2, 3)]
     result = evaluate_tracks(gt, list(gt))
     assert result["MOTA"] == result["IDF1"] == pytest.approx(1.0) and result["HOTA"] == pytest.approx(1.0)
+
+
+def test_predictions_in_an_ignore_region_count_neither_way():
+    """Frame 1 has one car to find at x 0-10 and an ignore region at x 50-70 (a car too hidden to ask for). A
+    prediction 3/4 inside the region is dropped (no false positive); one only 1/4 inside, and one matching the car
+    even though the car overlaps the region, stay: MOTA is 1 - 1 FP / 1 car = 0 instead of -1."""
+    gt = [MotBox(1, 1, (0.0, 0.0, 10.0, 10.0))]
+    ignore = [MotBox(1, 0, (50.0, 0.0, 70.0, 10.0), 0.0), MotBox(1, 0, (0.0, 0.0, 6.0, 10.0), 0.0)]
+    inside, quarter = MotBox(1, 5, (45.0, 0.0, 65.0, 10.0)), MotBox(1, 6, (65.0, 0.0, 85.0, 10.0))
+    pred = [MotBox(1, 4, (0.0, 0.0, 10.0, 10.0)), inside, quarter]
+    assert drop_ignored(gt, pred, ignore) == [pred[0], quarter]
+    assert evaluate_tracks(gt, pred, ignore)["false positives"] == 1 and evaluate_tracks(gt, pred)["false positives"] == 2
+    assert evaluate_tracks(gt, pred, ignore)["MOTA"] == pytest.approx(0.0)
