@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from detector.api import Detector
+from detector.config import Config, TrackConfig, apply_overrides
 from detector.data.synthetic import render_video
 from detector.runs import json_safe, prepare_out_dir
 from detector.structures import Detections, DetectorError
@@ -86,8 +87,9 @@ def true_counts(sidecar: dict, line: tuple[str, tuple, tuple]) -> dict[str, int]
     return {"left": counter.total("left"), "right": counter.total("right")}
 
 
-def track_row(predictor, video: Path, sidecar: dict, line_text: str, line: tuple, work: Path) -> dict:
-    summary = run_tracking(predictor, str(video), work, lines=[line_text], batch_size=4)
+def track_row(predictor, video: Path, sidecar: dict, line_text: str, line: tuple, work: Path,
+              config: TrackConfig) -> dict:
+    summary = run_tracking(predictor, str(video), work, lines=[line_text], config=config, batch_size=4)
     metrics = evaluate_tracks(truth_of(sidecar), read_mot(summary.mot_path), ignore_of(sidecar))
     truth = true_counts(sidecar, line)
     got = summary.counts["lines"][line[0]]
@@ -120,8 +122,9 @@ def parse_rows(text: str) -> list[str]:
     return rows
 
 
-def tracking_rows(rows: list[str], detector: Detector | None, frames: int, work: Path) -> dict[str, dict]:
-    """The ``truth`` and ``ours`` rows of every video in VIDEOS."""
+def tracking_rows(rows: list[str], detector: Detector | None, frames: int, work: Path,
+                  config: TrackConfig) -> dict[str, dict]:
+    """The ``truth`` and ``ours`` rows of every video in VIDEOS, tracked with ``config``."""
     results: dict[str, dict] = {}
     for name, spec in VIDEOS.items():
         folder = work / name.replace(", ", "_").replace(" + ", "_").replace(" ", "_")
@@ -132,9 +135,10 @@ def tracking_rows(rows: list[str], detector: Detector | None, frames: int, work:
         line_text = f"0,{0.65 * height},{width},{0.65 * height}:gate"
         if "truth" in rows:
             truth = TruthAsDetections(sidecar["frames"], detector.class_names if detector else ["car"])
-            results[f"{name}: ground truth"] = track_row(truth, video, sidecar, line_text, line, folder / "truth")
+            results[f"{name}: ground truth"] = track_row(truth, video, sidecar, line_text, line, folder / "truth",
+                                                         config)
         if "ours" in rows:
-            results[f"{name}: ours"] = track_row(detector, video, sidecar, line_text, line, folder / "ours")
+            results[f"{name}: ours"] = track_row(detector, video, sidecar, line_text, line, folder / "ours", config)
     return results
 
 
@@ -164,16 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--clip", default="../shared/data/videos/solidWhiteRight.mp4")
     parser.add_argument("--fps-repeats", type=int, default=3)
+    parser.add_argument("--set", nargs="*", default=[], metavar="section.key=value",
+                        help="checkpoint overrides, e.g. track.high_thresh=0.4 or data.max_size=480")
     args = parser.parse_args(argv)
     try:
         rows_wanted = parse_rows(args.rows)
         if not args.checkpoint and {"ours", "fps"} & set(rows_wanted):
             raise DetectorError(f"--rows {args.rows} needs --checkpoint (only the truth rows run without a model)")
         out = prepare_out_dir(args.out)
-        detector = Detector.load(args.checkpoint) if args.checkpoint else None
+        detector = Detector.load(args.checkpoint, overrides=args.set) if args.checkpoint else None
         with tempfile.TemporaryDirectory() as folder:
             work = Path(folder)
-            rows = tracking_rows(rows_wanted, detector, args.frames, work)
+            track = (detector.config if detector else apply_overrides(Config(), args.set)).track
+            rows = tracking_rows(rows_wanted, detector, args.frames, work, track)
             if "fps" in rows_wanted and Path(args.clip).is_file():
                 rows["dash-cam FPS"] = fps_row(detector, Path(args.clip), work, args.fps_repeats)
     except DetectorError as error:
