@@ -27,6 +27,7 @@ from detector.checkpoint import load_detector
 from detector.detector import FastRCNN
 from detector.distributed import resolve_device
 from detector.runtime import prepare_for_inference
+from detector.slicing import DEFAULT_OVERLAP
 from detector.structures import Detections, DetectorError
 from detector.tta import TestTimeAugmentation, build_tta
 
@@ -83,7 +84,7 @@ class Detector:
     def predict_batch(self, images: Sequence[ImageInput], score_thresh: float | None = None,
                       classes: Sequence[str] | None = None, max_det: int | None = None,
                       tta: bool | None = None, slice: int | str | None = None,
-                      overlap: float = 0.2) -> list[Detections]:
+                      overlap: float = DEFAULT_OVERLAP) -> list[Detections]:
         """Detections for each image, boxes in that image's pixels. ``tta``: fuse several sizes and mirrored views
         (detector.tta; None = the config's eval.tta). ``slice``: predict each image tile by tile, tiles of this many
         px overlapping by ``overlap`` (detector.slicing; ``"auto"``: tiles of data.max_size when the longest side
@@ -105,7 +106,7 @@ class Detector:
     def predict(self, images: ImageInput | Sequence[ImageInput], score_thresh: float | None = None,
                 classes: Sequence[str] | None = None, max_det: int | None = None,
                 tta: bool | None = None, slice: int | str | None = None,
-                overlap: float = 0.2) -> Detections | list[Detections]:
+                overlap: float = DEFAULT_OVERLAP) -> Detections | list[Detections]:
         """One image (path or RGB array) -> Detections; a list -> list[Detections]. ``tta``, ``slice`` and
         ``overlap`` as in `predict_batch`."""
         if isinstance(images, (str, Path, np.ndarray)):

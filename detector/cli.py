@@ -55,7 +55,7 @@ def _add_slicing(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slice", type=_slice_size, metavar="SIZE|auto",
                         help="predict tile by tile at native resolution, tiles of SIZE px (data.max_size: native); "
                              "auto: tiles of data.max_size for frames longer than twice it")
-    parser.add_argument("--overlap", type=_overlap, default=None, help="tile overlap, a fraction of SIZE (default 0.2)")
+    parser.add_argument("--overlap", type=_overlap, default=None, help="tile overlap, a fraction of SIZE (default 0.3)")
     parser.add_argument("--slice-merge", choices=("nms", "nmm"), default=None,
                         help="merge across tiles: nms (default; best on the drone mosaics) or nmm (SAHI's: joins the "
                              "partial boxes of a car cut by a border)")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from detector.config import Config, apply_overrides, load_config
 from detector.runs import json_safe
 from detector.errors import DetectorError
+from detector.slicing import DEFAULT_OVERLAP
 
 if TYPE_CHECKING:
     from detector.structures import Dataset
@@ -137,7 +138,7 @@ def slicing_options(args: argparse.Namespace) -> dict:
         if given:
             raise DetectorError(f"{', '.join(given)} only apply to sliced inference: add --slice SIZE or --slice auto")
         return {}
-    return {"size": args.slice, "overlap": 0.2 if args.overlap is None else args.overlap,
+    return {"size": args.slice, "overlap": DEFAULT_OVERLAP if args.overlap is None else args.overlap,
             "merge": args.slice_merge or "nms", "full_frame": not args.no_full_frame}
 
 

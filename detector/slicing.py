@@ -7,9 +7,10 @@ shifted back to the frame, an optional full-frame pass adds the cars larger than
 are merged (`merge_detections`). Boxes are ``(N, 4)`` float32 ``x1, y1, x2, y2`` in pixels throughout; tiles are
 ``(x1, y1, x2, y2)`` int pixel rectangles of the frame.
 
-Merging (``merge="nms"``, matching by IoU as torchvision's batched_nms, is the default of `predict_sliced`, detect and
-eval: on 1920x1920 mosaics of the drone validation tiles it scored AP 0.729 against 0.660 for NMM, docs/BENCHMARKS.md;
-``merge="nmm"`` matching by IoS at ``thresh=0.5`` is SAHI's default, and what the points below describe):
+Defaults, chosen on 1920x1920 mosaics of the drone validation tiles (docs/BENCHMARKS.md): ``merge="nms"`` matching
+by IoS (intersection over the smaller box) at ``thresh=0.5`` and ``overlap=0.3`` (`DEFAULT_OVERLAP`). AP 0.742
+against the per-tile 0.763; NMS matching by IoU as torchvision's batched_nms scored 0.739 (0.729 at overlap 0.2),
+and NMM, SAHI's default, 0.685. The points below describe both merges:
 
 - A car cut by a tile border is seen as a partial box by one tile and as a whole (or another partial) box by its
   neighbour. The partial box lies *inside* the whole one, so their IoU is small (a car cut at a third: IoU 0.33) and
@@ -37,7 +38,7 @@ import numpy as np
 from detector.data.images import as_rgb_array  # torch-free: the ONNX predictor slices too
 from detector.errors import DetectorError
 
-__all__ = ["MIN_SLICE", "SlicedPredictor", "merge_detections", "predict_sliced", "resolve_slice", "tile_grid"]
+__all__ = ["DEFAULT_OVERLAP", "MIN_SLICE", "SlicedPredictor", "merge_detections", "predict_sliced", "resolve_slice", "tile_grid"]
 
 MIN_SLICE = 64  # below this a tile holds less context than one anchor stride pyramid needs
 MAX_OVERLAP = 0.9  # at 0.9 the tile stride is a tenth of a tile: 100x the passes, never worth it
@@ -45,7 +46,8 @@ CUT_MARGIN = 2.0  # px: a box edge this close to an inner tile edge may belong t
 AUTO_FACTOR = 2  # slice="auto" slices frames whose longest side exceeds this many times data.max_size
 MERGE_MODES = ("nmm", "nms")
 MATCH_METRICS = ("ios", "iou")
-DEFAULT_MATCH = {"nmm": "ios", "nms": "iou"}  # match=None: SAHI's NMM criterion; classic NMS (torchvision's)
+DEFAULT_MATCH = {"nmm": "ios", "nms": "ios"}  # match=None: intersection over the smaller box (module docstring)
+DEFAULT_OVERLAP = 0.3  # of a tile: 192 px at 640, more than the longest drone car (180 px): each car whole in a tile
 COMPLETE, FULL_FRAME, PARTIAL = 0, 1, 2  # box kinds, in the order the merge visits them
 
 Tile = tuple[int, int, int, int]
@@ -182,7 +184,7 @@ def _like(example: Any, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarra
                       list(example.class_names))
 
 
-def predict_sliced(detector: Any, image: Any, size: int | str, overlap: float = 0.2, merge: str = "nms",
+def predict_sliced(detector: Any, image: Any, size: int | str, overlap: float = DEFAULT_OVERLAP, merge: str = "nms",
                    match: str | None = None, thresh: float = 0.5, full_frame: bool = True,
                    batch_size: int | None = None,
                    score_thresh: float | None = None, classes: Sequence[str] | None = None,
@@ -230,7 +232,7 @@ class SlicedPredictor:
     """A detector whose ``predict_batch`` slices every frame (`predict_sliced`): what `detector.video.run_detection`
     and ``predict_frames`` take, for `Detector` and `OnnxDetector` alike (`detector detect --slice`)."""
 
-    def __init__(self, detector: Any, size: int | str, overlap: float = 0.2, merge: str = "nms",
+    def __init__(self, detector: Any, size: int | str, overlap: float = DEFAULT_OVERLAP, merge: str = "nms",
                  full_frame: bool = True, batch_size: int | None = None) -> None:
         check_slicing(MIN_SLICE if size == "auto" else size, overlap)
         check_merge(merge, None, 0.5)
@@ -246,7 +248,7 @@ class SlicedPredictor:
                 for image in images]
 
 
-def evaluate_sliced(detector: Any, dataset: Any, size: int | str, overlap: float = 0.2, merge: str = "nms",
+def evaluate_sliced(detector: Any, dataset: Any, size: int | str, overlap: float = DEFAULT_OVERLAP, merge: str = "nms",
                     full_frame: bool = True, progress: bool = True) -> Any:
     """`detector.engine.evaluate` for sliced inference (`detector eval --slice`): every image of ``dataset`` predicted
     by `predict_sliced` with a `Detector`, kept down to ``eval.score_thresh`` as `evaluate` does; an `EvalOutput`

@@ -10,7 +10,9 @@ the project's COCO evaluator against the same mosaic ground truth, detections ke
 - ``full frame @ M``: the mosaic shrunk to the checkpoint's data.max_size M (what `detect` did before slicing);
 - ``full frame @ 1920``: the mosaic at its own size (data.max_size overridden; a model trained at M sees 3x bigger
   inputs than it was trained on, and memory and time grow with the pixels);
-- ``sliced nms|nmm [+ full frame]``: detector.slicing with tiles of M px (native resolution), overlap 0.2.
+- ``sliced nms|nmm [+ full frame]``: detector.slicing with tiles of M px (native resolution), ``--overlap`` (default
+  detector.slicing.DEFAULT_OVERLAP) and its default matching (intersection over the smaller box); ``sliced nms, IoU
+  matching``: classic NMS (torchvision's), for comparison.
 Seconds per mosaic are wall time of the predictions alone (one warm-up mosaic first). Writes results.json (command,
 machine, versions, date, all figures) and results.md into --out.
 """
@@ -38,7 +40,7 @@ from detector.data.build import filter_records, read_split  # noqa: E402
 from detector.data.mosaic import Mosaic, build_mosaic, mosaic_groups, square_tiles  # noqa: E402
 from detector.errors import DetectorError  # noqa: E402
 from detector.evaluation import COCOEvaluator  # noqa: E402
-from detector.slicing import predict_sliced  # noqa: E402
+from detector.slicing import DEFAULT_OVERLAP, predict_sliced  # noqa: E402
 from detector.structures import Detections  # noqa: E402
 
 
@@ -84,6 +86,8 @@ def methods(small: Detector, big: Detector, overlap: float, batch_size: int) -> 
             name = f"sliced {size} {merge}" + (" + full frame" if full else "")
             rows[name] = (lambda merge, full: lambda m: predict_sliced(
                 small, m.image, size, overlap, merge, full_frame=full, batch_size=batch_size))(merge, full)
+    rows[f"sliced {size} nms, IoU matching"] = lambda m: predict_sliced(
+        small, m.image, size, overlap, "nms", match="iou", full_frame=False, batch_size=batch_size)
     return rows
 
 
@@ -119,7 +123,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=3)
     parser.add_argument("--cols", type=int, default=3)
     parser.add_argument("--limit", type=int, default=0, help="at most this many mosaics (0: all; a smoke test: 2)")
-    parser.add_argument("--overlap", type=float, default=0.2)
+    parser.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP)
     parser.add_argument("--batch-size", type=int, default=0, help="tiles per model call (0: 8 on CUDA, 1 on CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto")

@@ -137,6 +137,16 @@ def test_nms_alone_keeps_two_boxes_per_cut_car():
     assert as_sorted(found.boxes) == as_sorted(pieces)
 
 
+def test_default_nms_matches_by_ios_and_keeps_one_box_per_cut_car():
+    """The default merge (NMS by intersection over the smaller box): car A's cut piece lies inside its whole box (IoS
+    1) and leaves; car B's two pieces overlap by IoS 0.67 and one stays. NMS does not widen it (NMM would)."""
+    fake = cut_detector()
+    found = predict_sliced(fake, fake.frame(640, 1152), 640, 0.2, full_frame=False)
+    boxes = as_sorted(found.boxes)
+    assert len(boxes) == 2 and CAR_A in boxes
+    assert [b for b in boxes if b != CAR_A][0] in as_sorted([[450, 300, 640, 380], [512, 300, 750, 380]])
+
+
 def test_nmm_keeps_the_highest_score_and_caps_max_det():
     fake = cut_detector(**{"0_0": 0.95, "512_0": 0.6})
     found = predict_sliced(fake, fake.frame(640, 1152), 640, 0.2, full_frame=False, max_det=1)
