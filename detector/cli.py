@@ -57,8 +57,8 @@ def _add_slicing(parser: argparse.ArgumentParser) -> None:
                              "auto: tiles of data.max_size for frames longer than twice it")
     parser.add_argument("--overlap", type=_overlap, default=None, help="tile overlap, a fraction of SIZE (default 0.3)")
     parser.add_argument("--slice-merge", choices=("nms", "nmm"), default=None,
-                        help="merge across tiles: nms (default; best on the drone mosaics) or nmm (SAHI's: joins the "
-                             "partial boxes of a car cut by a border)")
+                        help="merge across tiles: nms (default; boxes matched by intersection over the smaller box, "
+                             "best on the drone mosaics) or nmm (SAHI's: joins the partial boxes of a car cut by a border)")
     parser.add_argument("--no-full-frame", action="store_true", help="skip the whole-frame pass (for large cars)")
 
 

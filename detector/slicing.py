@@ -38,7 +38,8 @@ import numpy as np
 from detector.data.images import as_rgb_array  # torch-free: the ONNX predictor slices too
 from detector.errors import DetectorError
 
-__all__ = ["DEFAULT_OVERLAP", "MIN_SLICE", "SlicedPredictor", "merge_detections", "predict_sliced", "resolve_slice", "tile_grid"]
+__all__ = ["DEFAULT_OVERLAP", "MIN_SLICE", "SlicedPredictor", "merge_detections", "predict_sliced", "resolve_slice",
+           "tile_grid"]
 
 MIN_SLICE = 64  # below this a tile holds less context than one anchor stride pyramid needs
 MAX_OVERLAP = 0.9  # at 0.9 the tile stride is a tenth of a tile: 100x the passes, never worth it
