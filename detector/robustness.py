@@ -333,10 +333,11 @@ def summarize(clean: Mapping[str, float], scores: Mapping[tuple[str, int], Mappi
                                **group_figures(clean, scores, {name for name, _ in scores})}
     if trained_on:
         summary["trained_on"] = list(trained_on)
-        for group, names in (("seen", set(trained_on)), ("held_out", {n for n, _ in scores} - set(trained_on))):
+        scored = {name for name, _ in scores}
+        for group, names in (("seen", scored & set(trained_on)), ("held_out", scored - set(trained_on))):
             figures = group_figures(clean, scores, names)
             if figures:
-                summary[group] = {"names": sorted(n for n in names if any(k[0] == n for k in scores)), **figures}
+                summary[group] = {"names": sorted(names), **figures}
     return summary
 
 
@@ -344,7 +345,8 @@ def group_figures(clean: Mapping[str, float], scores: Mapping[tuple[str, int], M
                   names: set[str] | Sequence[str], metrics: Sequence[str] = ("AP", "AP50")) -> dict[str, float | None]:
     """mPC and rPC of each of ``metrics`` over the scores of the corruptions in ``names`` ({} when none was scored);
     rPC is None when the clean figure is 0."""
-    members = {key: figures for key, figures in scores.items() if key[0] in set(names)}
+    names = set(names)
+    members = {key: figures for key, figures in scores.items() if key[0] in names}
     if not members:
         return {}
     out: dict[str, float | None] = {}

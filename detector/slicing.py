@@ -124,8 +124,9 @@ def merge_detections(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, 
     score first.
 
     Boxes are visited by (kind, -score); each unvisited box of the same label (and another group, when ``groups``
-    (D,) is given) whose ``match`` overlap (None: IoS for nmm, IoU for nms) with the visited box exceeds ``thresh`` is
-    matched to it and leaves. ``nms`` keeps the visited box as is (IoU, no groups: torchvision's batched_nms).
+    (D,) is given) whose ``match`` overlap (None: IoS, `DEFAULT_MATCH`) with the visited box exceeds ``thresh`` is
+    matched to it and leaves. ``nms`` keeps the visited box as is (``match="iou"`` without groups is torchvision's
+    batched_nms).
     ``nmm`` widens it to the enclosing box of itself and its matched ``PARTIAL`` boxes, with the highest score of them
     all. ``kinds`` (D,) holds `COMPLETE`, `FULL_FRAME` or `PARTIAL`; None: every box may be partial (SAHI's NMM).
     """

@@ -175,13 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         rows_wanted = parse_rows(args.rows)
         if not args.checkpoint and {"ours", "fps"} & set(rows_wanted):
             raise DetectorError(f"--rows {args.rows} needs --checkpoint (only the truth rows run without a model)")
+        if "fps" in rows_wanted and not Path(args.clip).is_file():
+            raise DetectorError(f"--clip {args.clip}: no such video (the fps row times detect and track on it)")
         out = prepare_out_dir(args.out)
         detector = Detector.load(args.checkpoint, overrides=args.set) if args.checkpoint else None
         with tempfile.TemporaryDirectory() as folder:
             work = Path(folder)
             track = (detector.config if detector else apply_overrides(Config(), args.set)).track
             rows = tracking_rows(rows_wanted, detector, args.frames, work, track)
-            if "fps" in rows_wanted and Path(args.clip).is_file():
+            if "fps" in rows_wanted:
                 rows["dash-cam FPS"] = fps_row(detector, Path(args.clip), work, args.fps_repeats)
     except DetectorError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 :func:`topdown_car` draws one car from above; ``_TopdownWorld`` lays out the road, its markings,
 roadside objects and the cars, and gives the sprites of any moment of a video. Pixel coordinates,
-boxes as in :mod:`detector.data.synthetic`. Stop-and-go traffic uses the driver's view's speed profile.
+boxes as in :mod:`detector.data.synthetic`. Stop-and-go traffic uses `detector.data.synthetic_traffic.StopAndGo`.
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 
+from detector.boxes import box_ioa
 from detector.structures import DetectorError
 from detector.track.bytetrack import iou_matrix
 from detector.track.mot import MotBox
@@ -130,23 +132,22 @@ def drop_ignored(ground_truth: list[MotBox], predicted: list[MotBox], ignore: li
     """``predicted`` without the boxes that lie in an ignore region: a box matching no ground-truth box of its frame
     (IoU below ``match_iou``) and at least ``min_ioa`` of whose area lies inside one of the frame's ignore regions (a
     car too hidden to ask for) is neither a hit nor a false positive, and leaves before scoring (MOTChallenge's
-    distractor rule, with COCO's intersection-over-area test for crowd regions)."""
+    distractor rule, with COCO's intersection-over-area test for crowd regions). Order is kept."""
     if not ignore:
         return list(predicted)
     gt, regions = _by_frame(ground_truth), _by_frame(ignore)
-    kept = []
-    for box in predicted:
+    by_frame: dict[int, list[int]] = defaultdict(list)
+    for index, box in enumerate(predicted):
         if box.frame in regions:
-            b = np.array(box.box, np.float64)
-            area = max((b[2] - b[0]) * (b[3] - b[1]), 1e-9)
-            r = regions[box.frame][1]
-            wh = np.clip(np.minimum(b[2:], r[:, 2:]) - np.maximum(b[:2], r[:, :2]), 0, None)
-            inside = (wh[:, 0] * wh[:, 1]).max() / area >= min_ioa
-            found = box.frame in gt and iou_matrix(b[None], gt[box.frame][1]).max(initial=0.0) >= match_iou
-            if inside and not found:
-                continue
-        kept.append(box)
-    return kept
+            by_frame[box.frame].append(index)
+    dropped: set[int] = set()
+    for frame, indices in by_frame.items():
+        boxes = torch.tensor([predicted[i].box for i in indices], dtype=torch.float64)  # (P, 4)
+        inside = box_ioa(boxes, torch.from_numpy(regions[frame][1])).amax(1) >= min_ioa  # (P,)
+        truth = gt.get(frame, (None, np.zeros((0, 4))))[1]
+        found = torch.from_numpy(iou_matrix(boxes.numpy(), truth).max(1, initial=0.0) >= match_iou)  # (P,)
+        dropped.update(i for i, drop in zip(indices, (inside & ~found).tolist()) if drop)
+    return [box for index, box in enumerate(predicted) if index not in dropped]
 
 
 def evaluate_tracks(ground_truth: list[MotBox], predicted: list[MotBox],

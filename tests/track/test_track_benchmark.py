@@ -35,3 +35,10 @@ def test_ignore_regions_come_from_the_sidecar(bench):
                           {"index": 1, "boxes": [], "track_ids": [], "ignore": []}]}
     (region,) = bench.ignore_of(sidecar)
     assert region.frame == 1 and region.box == (1.0, 2.0, 3.0, 4.0) and region.score == 0.0
+
+
+def test_the_fps_row_needs_its_clip(bench, tmp_path, capsys):
+    assert bench.main(["--rows", "fps", "--checkpoint", "x.pt", "--clip", str(tmp_path / "none.mp4"),
+                       "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--clip" in err and "no such video" in err
