@@ -22,6 +22,7 @@ def bench_gpu():
         yield module
 
 
+@pytest.mark.slow
 def test_trains_and_times_ours_and_the_peer(bench_gpu, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the runs folder is relative to the working directory
     out = tmp_path / "out"

@@ -35,6 +35,7 @@ def test_help_lists_subcommands():
         assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_kitti_stats_numbers(shared_data):
     result = run("data", "stats", str(shared_data / "kitti_tiny"), "--format", "kitti")
     assert result.returncode == 0, result.stderr
@@ -43,6 +44,7 @@ def test_kitti_stats_numbers(shared_data):
     assert car_row.split()[1] == "209"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["yolo", "voc"])
 def test_drone_stats_numbers(shared_data, fmt):
     result = run("data", "stats", str(shared_data / "drone_cars"), "--format", fmt)
@@ -50,6 +52,7 @@ def test_drone_stats_numbers(shared_data, fmt):
     assert "images: 1055" in result.stdout and "boxes: 4828" in result.stdout
 
 
+@pytest.mark.slow
 def test_malformed_kitti_line_is_one_sentence(tmp_path, shared_data):
     root = tmp_path / "kitti"
     (root / "image_2").mkdir(parents=True)
@@ -60,10 +63,12 @@ def test_malformed_kitti_line_is_one_sentence(tmp_path, shared_data):
     assert_one_sentence_error(result, "000000.txt:1")
 
 
+@pytest.mark.slow
 def test_wrong_format_option(tmp_path):
     assert_one_sentence_error(run("data", "stats", str(tmp_path), "--format", "pascal"), "pascal")
 
 
+@pytest.mark.slow
 def test_info_prints_receptive_fields():
     result = run("info", "model.weights=none", "--input-size", "320", "320")
     assert result.returncode == 0, result.stderr
@@ -71,28 +76,33 @@ def test_info_prints_receptive_fields():
     assert "GFLOP" in result.stdout
 
 
+@pytest.mark.slow
 def test_missing_checkpoint(tmp_path):
     assert_one_sentence_error(run("detect", str(tmp_path / "nope.pt"), str(tmp_path)), "checkpoint not found")
 
 
+@pytest.mark.slow
 def test_not_a_checkpoint(tmp_path):
     fake = tmp_path / "fake.pt"
     fake.write_text("definitely not a checkpoint")
     assert_one_sentence_error(run("eval", str(fake), str(tmp_path), "--format", "coco"), "not a detector checkpoint")
 
 
+@pytest.mark.slow
 def test_dataset_classes_do_not_match_checkpoint(tiny_checkpoint, shared_data):
     result = run("eval", str(tiny_checkpoint), str(shared_data / "kitti_tiny"), "--format", "kitti")
     assert_one_sentence_error(result, "does not match the classes of checkpoint")
     assert "it has no car (the dataset has Car, Cyclist, Misc, " in result.stderr
 
 
+@pytest.mark.slow
 def test_unreadable_video(tiny_checkpoint, tmp_path):
     video = tmp_path / "broken.mp4"
     video.write_bytes(b"\x00" * 1000)
     assert_one_sentence_error(run("detect", str(tiny_checkpoint), str(video), "--out", str(tmp_path / "o")), "broken.mp4")
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder(tiny_checkpoint, tmp_path, shared_data):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -105,6 +115,7 @@ def test_in_process_main_returns_exit_code(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_writes_metrics_and_pictures(tiny_checkpoint, tmp_path):
     val = tiny_checkpoint.parent.parent.parent / "data" / "val"
     out = tmp_path / "eval"
@@ -128,6 +139,7 @@ def test_eval_reads_the_dataset_once(tiny_checkpoint, tmp_path, monkeypatch):
     assert reads == [str(val)]  # the class check and the split come from one read
 
 
+@pytest.mark.slow
 def test_eval_with_the_onnx_runtime_gives_the_same_metrics(tiny_checkpoint, tmp_path):
     import json
 
@@ -146,6 +158,7 @@ def test_eval_with_the_onnx_runtime_gives_the_same_metrics(tiny_checkpoint, tmp_
         assert abs(onnx_metrics[key] - torch_metrics[key]) <= 0.01, key
 
 
+@pytest.mark.slow
 def test_detect_on_the_dashcam_clip(tiny_checkpoint, shared_data, tmp_path):
     import json
 
@@ -166,6 +179,7 @@ def test_detect_on_the_dashcam_clip(tiny_checkpoint, shared_data, tmp_path):
     assert (out / "detections.csv").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
 def test_detect_runtime_option(tiny_checkpoint, tmp_path, runtime):
     import json
@@ -180,6 +194,7 @@ def test_detect_runtime_option(tiny_checkpoint, tmp_path, runtime):
     assert detections, "nothing detected: the runtime check would be vacuous"
 
 
+@pytest.mark.slow
 def test_convert_kitti_to_coco_keeps_the_boxes(shared_data, tmp_path):
     result = run("convert", "--from", "kitti", "--to", "coco", str(shared_data / "kitti_tiny"), str(tmp_path / "coco"))
     assert result.returncode == 0, result.stderr
@@ -191,6 +206,7 @@ def test_convert_kitti_to_coco_keeps_the_boxes(shared_data, tmp_path):
     assert_one_sentence_error(again, str(tmp_path / "coco"))
 
 
+@pytest.mark.slow
 def test_data_anchors_reports_coverage_and_a_pasteable_grid(shared_data, tmp_path):
     import json
 
@@ -217,12 +233,14 @@ def test_data_anchors_reports_coverage_and_a_pasteable_grid(shared_data, tmp_pat
     assert plot.stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_data_anchors_option_errors(tmp_path):
     config_path = str(REPO / "configs" / "kitti_cars.yaml")
     assert_one_sentence_error(run("data", "anchors", "-c", config_path, "--iou", "1.5"), "--iou")
     assert_one_sentence_error(run("data", "anchors", "-c", str(tmp_path / "none.yaml")), "none.yaml")
 
 
+@pytest.mark.slow
 def test_eval_with_tta_through_the_override(tiny_checkpoint, tmp_path):
     import json
 
@@ -238,6 +256,7 @@ def test_eval_with_tta_through_the_override(tiny_checkpoint, tmp_path):
     assert_one_sentence_error(bad, "eval.tta_sizes")
 
 
+@pytest.mark.slow
 def test_eval_split_uses_the_checkpoint_config_blocks(tiny_checkpoint, tmp_path):
     import json
 
@@ -285,6 +304,7 @@ def test_a_data_error_in_a_loader_worker_is_one_sentence():
     assert one_sentence(error.value) == "cannot decode image x.jpg (corrupt or not an image)"
 
 
+@pytest.mark.slow
 def test_data_show_refuses_to_overwrite(tmp_path, shared_data):
     out = tmp_path / "grid.png"
     out.write_bytes(b"mine")
@@ -293,6 +313,7 @@ def test_data_show_refuses_to_overwrite(tmp_path, shared_data):
     assert out.read_bytes() == b"mine"
 
 
+@pytest.mark.slow
 def test_overrides_after_options_and_scientific_floats(tiny_checkpoint, tmp_path):
     val = tiny_checkpoint.parent.parent.parent / "data" / "val"
     result = run("eval", str(tiny_checkpoint), str(val), "--format", "coco", "--out", str(tmp_path / "e"),

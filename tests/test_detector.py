@@ -21,6 +21,7 @@ def _build(*overrides: str, seed: int = 0):
     return build_detector(load_config(None, [*SMALL, *overrides]))
 
 
+@pytest.mark.slow
 def test_image_without_boxes_gives_zero_box_losses(tiny_images, tiny_targets):
     model = _build("model.weights=none").train()
     losses = model([tiny_images[1]], [tiny_targets[1]])
@@ -80,6 +81,7 @@ def test_golden_losses(tiny_targets):
         assert losses[key] == pytest.approx(expected, rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, grid", [("partition", [2, 3]), ("align", [7, 7])])
 def test_overfits_two_images(mode, grid):
     """Two synthetic scenes, 200 steps: the training loss falls 10x and every box is found at IoU >= 0.7."""

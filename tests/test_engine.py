@@ -46,6 +46,7 @@ def test_epoch_sampler_shards_and_skips():
     assert list(sampler) != full
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_is_exact(tmp_path):
     """2 epochs straight == 2 epochs stopped by SIGTERM during epoch 1, then resumed."""
     overrides = tiny_run_overrides(tmp_path, **{"train.epochs": 2})
@@ -74,6 +75,7 @@ def test_resume_after_sigterm_is_exact(tmp_path):
         assert torch.equal(expected[key], actual[key]), key
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_stay_identical(tmp_path):
     overrides = tiny_run_overrides(tmp_path, **{"train.name": "ddp"})
     command = [str(VENV_BIN / "torchrun"), "--nproc_per_node=2", "--master_port=29517", "-m", "detector.cli", "train", *overrides]
@@ -113,6 +115,7 @@ def test_a_resumed_run_keeps_counting_its_time_budget(tmp_path):
     assert Trainer(config, resume=run / "last.pt", progress=False).budget_fraction() < 0.01
 
 
+@pytest.mark.slow
 def test_snapshots_every_n_training_minutes_load_as_checkpoints(tmp_path, monkeypatch):
     """train.snapshot_every_min: one snapshot at each minute mark the training clock passes, named by the mark, so
     fast steps never overwrite one another (CI's machine once trained the tiny run within one 0.01-minute name)."""

@@ -58,6 +58,7 @@ def synthetic_images() -> list[np.ndarray]:
     return [render_scene(np.random.default_rng(seed), (h, w)).image for seed, (h, w) in enumerate([(120, 200), (230, 90)])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["fc", "cascade_fpn"])
 def test_exported_graph_gives_pytorch_detections(variant, exported, shared_data):
     checkpoint, onnx_path = exported[variant]

@@ -400,6 +400,7 @@ def test_summary_describe_and_to_dict(clip: Path, tmp_path: Path) -> None:
     assert "\n" not in line and "12 frames (0 skipped), 12 detections (1.00 per frame)" in line
 
 
+@pytest.mark.slow
 def test_real_dashcam_clip(shared_data: Path, tmp_path: Path) -> None:
     dashcam = shared_data / "videos" / "solidWhiteRight.mp4"
     summary = run_detection(FakeDetector(), str(dashcam), out_dir=tmp_path / "out", batch_size=8)

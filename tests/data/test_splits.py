@@ -20,6 +20,7 @@ def _config(name: str, shared_data: Path, folder: str):
     return load_config(str(CONFIGS / name), [f"data.train_path={shared_data / folder}"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, folder, images, boxes", [
     ("drone_cars.yaml", "drone_cars", {"train": 747, "val": 157, "test": 111}, {"train": 3502, "val": 595, "test": 521}),
     ("kitti_cars.yaml", "kitti_tiny", {"train": 41, "val": 16, "test": 15}, {"train": 109, "val": 53, "test": 31}),
@@ -46,6 +47,7 @@ def test_drone_split_leaves_20_frame_gaps_between_drone2_blocks(shared_data):
     assert frames["train"][0] - frames["val"][-1] > 20 and frames["test"][0] - frames["train"][-1] > 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, folder", [("drone_cars.yaml", "drone_cars"), ("kitti_cars.yaml", "kitti_tiny")])
 def test_no_near_duplicate_across_splits(shared_data, name, folder):
     config = _config(name, shared_data, folder)

@@ -22,6 +22,9 @@ from detector.serve.app import create_app
 from detector.serve.predictor import load_predictor
 from detector.serve.settings import Settings
 
+# A real browser starts for each test: slow (deselect with -m "not slow").
+pytestmark = pytest.mark.slow
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "serve" / "page.png"
 

@@ -85,6 +85,7 @@ def test_scripted_clip_counts_and_outputs_agree(tmp_path):
     assert summary.tracker_seconds < summary.seconds
 
 
+@pytest.mark.slow
 def test_track_command_on_the_dashcam_clip(tiny_checkpoint, shared_data, tmp_path, capsys):
     clip = shared_data / "videos" / "solidWhiteRight.mp4"
     out = tmp_path / "track"

@@ -15,6 +15,7 @@ def bench():
         yield module
 
 
+@pytest.mark.slow
 def test_truth_rows_score_the_tracker_alone(bench, tmp_path, monkeypatch):
     """With the true boxes as detections, every video's row is near perfect and its count exact; --set reaches the
     tracker (track.* overrides without a checkpoint), and a bad key is one sentence with exit code 2."""
