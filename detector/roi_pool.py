@@ -7,7 +7,9 @@ Three modes behind one function, `roi_pool`:
   `roi_pool_reference` for the same definition as a plain loop).
 - ``"torchvision"``: `torchvision.ops.roi_pool`, whose bins overlap by one cell when the ROI size is
   not a multiple of the grid (it pools the lecture's 4x7 example to [[7, 8, 8], [9, 7, 9]]).
-- ``"align"``: `torchvision.ops.roi_align` with ``aligned=True`` (bilinear sampling, no rounding).
+- ``"align"``: `torchvision.ops.roi_align` with ``aligned=True`` (bilinear sampling, no rounding). When training on
+  the CPU it is computed as two matrix products instead (`roi_align_separable`, the same numbers): torchvision's
+  CPU backward is a single-threaded scatter loop that took a third of a drone training step.
 
 Grids are named rows x cols everywhere: the lecture's "3x2" grid (3 columns, 2 rows) is ``output_size=(2, 3)``,
 its 4x7 and 5x9 feature maps have 4 and 5 rows. An ROI is continuous ``x1, y1, x2, y2`` like every box in the
@@ -41,7 +43,7 @@ from torchvision.ops import roi_pool as tv_roi_pool
 
 from detector.structures import DetectorError
 
-__all__ = ["MODES", "RoIPool", "assign_fpn_levels", "roi_pool", "roi_pool_reference"]
+__all__ = ["MODES", "RoIPool", "assign_fpn_levels", "roi_align_separable", "roi_pool", "roi_pool_reference"]
 
 MODES = ("partition", "torchvision", "align")
 
@@ -119,8 +121,64 @@ def roi_pool(
         return tv_roi_pool(features, _torchvision_corners(rois, spatial_scale).to(features.dtype), (out_h, out_w),
                            spatial_scale)
     if mode == "align":
+        if _separable_align_applies(features, sampling_ratio):
+            return roi_align_separable(features, rois, (out_h, out_w), spatial_scale, sampling_ratio)
         return roi_align(features, rois.to(features.dtype), (out_h, out_w), spatial_scale, sampling_ratio, aligned=True)
     return _PartitionMaxPool.apply(features, rois, (out_h, out_w), float(spatial_scale))
+
+
+def _separable_align_applies(features: torch.Tensor, sampling_ratio: int) -> bool:
+    """Training on the CPU in float32/64 with a fixed sampling ratio; inference, export and accelerators keep
+    torchvision's kernel (faster forward, and the ONNX graph keeps its RoiAlign node)."""
+    return (features.requires_grad and torch.is_grad_enabled() and features.device.type == "cpu"
+            and features.dtype in (torch.float32, torch.float64) and sampling_ratio > 0
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+
+
+def _align_axis_weights(start: torch.Tensor, length: torch.Tensor, bins: int, sampling_ratio: int,
+                        size: int) -> torch.Tensor:
+    """(R, bins, size): for each ROI and bin along one axis, the mean over the bin's sampling_ratio sample points
+    of their bilinear weights onto the axis' ``size`` cells, with torchvision's rules: a sample outside
+    [-1, size] weighs nothing, one in [-1, 0] reads cell 0, one past the last cell reads the last cell."""
+    samples = (torch.arange(bins * sampling_ratio, dtype=start.dtype, device=start.device) + 0.5) / sampling_ratio
+    position = start[:, None] + samples[None] * (length / bins)[:, None]  # (R, bins * sampling_ratio)
+    inside = ((position >= -1) & (position <= size)).to(start.dtype)
+    position = position.clamp(min=0)
+    low = position.floor().clamp(max=size - 1)
+    high_weight = position - low  # past the last cell low and high are both that cell: the weights still sum to 1
+    high = (low + 1).clamp(max=size - 1)
+    weights = torch.zeros((*position.shape, size), dtype=start.dtype, device=start.device)
+    weights.scatter_add_(2, low.long()[..., None], ((1 - high_weight) * inside)[..., None])
+    weights.scatter_add_(2, high.long()[..., None], (high_weight * inside)[..., None])
+    return weights.view(start.shape[0], bins, sampling_ratio, size).mean(2)
+
+
+def roi_align_separable(features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int],
+                        spatial_scale: float, sampling_ratio: int) -> torch.Tensor:
+    """`torchvision.ops.roi_align(..., aligned=True)` with a fixed ``sampling_ratio`` > 0, as matrix products.
+
+    A bin averages sampling_ratio x sampling_ratio bilinear samples on a grid whose rows and columns are
+    independent, and bilinear weights factor into a row weight times a column weight, so for ROI r on image b:
+    ``out_r = A_r F_b B_r^T`` per channel, A_r (out_h, H) the averaged row weights and B_r (out_w, W) the column
+    weights. Plain PyTorch ops: autograd's backward is matrix products too. Same values as torchvision's up to
+    float rounding (the tests compare both, and their gradients).
+    """
+    out_h, out_w = output_size
+    height, width = features.shape[2], features.shape[3]
+    boxes = rois[:, 1:].to(features.dtype) * spatial_scale - 0.5
+    rows = _align_axis_weights(boxes[:, 1], boxes[:, 3] - boxes[:, 1], out_h, sampling_ratio, height)  # (R, oh, H)
+    cols = _align_axis_weights(boxes[:, 0], boxes[:, 2] - boxes[:, 0], out_w, sampling_ratio, width)  # (R, ow, W)
+    image = rois[:, 0].long()
+    order, parts = [], [features.new_zeros((0, features.shape[1], out_h, out_w))]
+    for b in range(features.shape[0]):
+        selected = torch.nonzero(image == b).squeeze(1)
+        by_columns = torch.einsum("chw,rjw->rchj", features[b], cols[selected])  # (r, C, H, out_w)
+        parts.append(torch.einsum("rih,rchj->rcij", rows[selected], by_columns))
+        order.append(selected)
+    pooled = torch.cat(parts)
+    order = torch.cat(order) if order else image
+    # ROIs come grouped by image (RoIPool builds them so): then the order is already the identity
+    return pooled if bool((order == torch.arange(len(order))).all()) else pooled[torch.argsort(order)]
 
 
 def roi_pool_reference(features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int],

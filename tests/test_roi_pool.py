@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import detector.roi_pool as roi_pool_module
-from detector.roi_pool import RoIPool, assign_fpn_levels, roi_pool, roi_pool_reference
+from detector.roi_pool import RoIPool, assign_fpn_levels, roi_align_separable, roi_pool, roi_pool_reference
 from detector.structures import DetectorError
 
 # The lecture's two feature maps (4 rows x 7 cols, 5 rows x 9 cols) and their pooled results on its "3x2" grid,
@@ -180,6 +180,56 @@ def test_align_mode_is_torchvision_roi_align_aligned():
     rois = torch.tensor([[0.0, 10, 12, 150, 90], [0.0, 0, 0, 40, 40]])
     expected = torchvision.ops.roi_align(features, rois, (7, 7), 1 / 16, sampling_ratio=3, aligned=True)
     assert torch.equal(roi_pool(features, rois, 7, 1 / 16, mode="align", sampling_ratio=3), expected)
+
+
+def align_rois(generator: torch.Generator, count: int, images: int, extent: float) -> torch.Tensor:
+    """Random ROIs in shuffled image order: inside, across and wholly outside the map, tiny and inverted ones."""
+    corners = torch.rand(count, 4, generator=generator) * 1.4 * extent - 0.2 * extent
+    corners[::7, 2:] = corners[::7, :2] + 0.3  # smaller than a cell
+    corners[::11, 2:] = corners[::11, :2] - 5  # inverted: torchvision's aligned mode takes the negative size as is
+    return torch.cat([torch.randint(0, images, (count, 1), generator=generator).float(), corners], 1)
+
+
+@pytest.mark.parametrize("shape, output_size, sampling_ratio, scale", [
+    ((3, 4, 13, 17), (7, 7), 2, 1 / 8),
+    ((2, 3, 9, 6), (2, 3), 3, 1 / 16),
+    ((2, 2, 1, 5), (7, 7), 2, 1 / 4),  # one row: every sample reads it
+    ((1, 2, 6, 1), (3, 2), 1, 1 / 4),  # one column
+])
+def test_separable_align_equals_torchvision_values_and_gradients(shape, output_size, sampling_ratio, scale):
+    """The matrix-product RoIAlign used for CPU training against torchvision's kernel, in float64 so only
+    the summation order may differ, and against its gradient for an arbitrary upstream gradient."""
+    generator = torch.Generator().manual_seed(11)
+    features = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    rois = align_rois(generator, 40, shape[0], max(shape[2:]) / scale).double()
+    ours_in, theirs_in = features.clone().requires_grad_(), features.clone().requires_grad_()
+    ours = roi_align_separable(ours_in, rois, output_size, scale, sampling_ratio)
+    theirs = torchvision.ops.roi_align(theirs_in, rois, output_size, scale, sampling_ratio, aligned=True)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    upstream = torch.randn(ours.shape, generator=generator, dtype=torch.float64)
+    ours.backward(upstream)
+    theirs.backward(upstream)
+    torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=0, atol=1e-11)
+
+
+def test_align_mode_trains_on_the_cpu_with_the_separable_form(monkeypatch):
+    """roi_pool's align mode takes the matrix form when gradients flow on the CPU, torchvision's kernel otherwise
+    (inference, export); both give the same numbers in float32."""
+    calls = []
+    real = roi_pool_module.roi_align_separable
+    monkeypatch.setattr(roi_pool_module, "roi_align_separable", lambda *args: calls.append(1) or real(*args))
+    generator = torch.Generator().manual_seed(12)
+    features = torch.randn(2, 8, 20, 24, generator=generator)
+    rois = align_rois(generator, 30, 2, 320)
+    inferred = roi_pool(features, rois, 7, 1 / 16, mode="align")
+    assert calls == []
+    trained = roi_pool(features.requires_grad_(), rois, 7, 1 / 16, mode="align")
+    assert calls == [1]
+    torch.testing.assert_close(trained.detach(), inferred, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        roi_pool(features, rois, 7, 1 / 16, mode="align")
+    assert calls == [1]
+    assert roi_pool(features, torch.zeros(0, 5), 7, 1 / 16, mode="align").shape == (0, 8, 7, 7)
 
 
 @pytest.mark.parametrize("output_size", [(2, 3), (7, 7), (3, 2), (1, 5)])
