@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torchvision
+from conftest import script_module
 
 import detector.roi_pool as roi_pool_module
 from detector.roi_pool import RoIPool, assign_fpn_levels, roi_align_separable, roi_pool, roi_pool_reference
@@ -349,3 +352,18 @@ def test_roipool_rejects_scales_that_are_not_a_pyramid():
         RoIPool(7, [1 / 4, 1 / 16])
     with pytest.raises(DetectorError, match="mode"):
         RoIPool(7, [1 / 16], mode="avg")
+
+
+def test_benchmark_script_writes_both_methods_and_refuses_to_overwrite(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "align.json"
+    argv = ["bench_roi_pool.py", "--mode", "align", "--rois", "16", "--repeats", "2", "--warmup", "0", "--json", str(out)]
+    monkeypatch.setattr("sys.argv", argv)
+    with script_module("bench_roi_pool") as module:
+        module.main()
+        figures = json.loads(out.read_text())
+        assert figures["workload"]["mode"] == "align" and figures["workload"]["rois"] == 16
+        cpu = figures["figures"]["cpu"]
+        assert cpu["separable_median_ms"] > 0 and cpu["torchvision_median_ms"] > 0
+        assert cpu["ratio"] == pytest.approx(cpu["separable_median_ms"] / cpu["torchvision_median_ms"], rel=0.05)
+        with pytest.raises(SystemExit, match="exists"):
+            module.main()
