@@ -169,16 +169,12 @@ def roi_align_separable(features: torch.Tensor, rois: torch.Tensor, output_size:
     rows = _align_axis_weights(boxes[:, 1], boxes[:, 3] - boxes[:, 1], out_h, sampling_ratio, height)  # (R, oh, H)
     cols = _align_axis_weights(boxes[:, 0], boxes[:, 2] - boxes[:, 0], out_w, sampling_ratio, width)  # (R, ow, W)
     image = rois[:, 0].long()
-    order, parts = [], [features.new_zeros((0, features.shape[1], out_h, out_w))]
+    pooled = features.new_zeros((rois.shape[0], features.shape[1], out_h, out_w))
     for b in range(features.shape[0]):
         selected = torch.nonzero(image == b).squeeze(1)
         by_columns = torch.einsum("chw,rjw->rchj", features[b], cols[selected])  # (r, C, H, out_w)
-        parts.append(torch.einsum("rih,rchj->rcij", rows[selected], by_columns))
-        order.append(selected)
-    pooled = torch.cat(parts)
-    order = torch.cat(order) if order else image
-    # ROIs come grouped by image (RoIPool builds them so): then the order is already the identity
-    return pooled if bool((order == torch.arange(len(order))).all()) else pooled[torch.argsort(order)]
+        pooled = pooled.index_copy(0, selected, torch.einsum("rih,rchj->rcij", rows[selected], by_columns))
+    return pooled
 
 
 def roi_pool_reference(features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int],

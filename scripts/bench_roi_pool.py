@@ -123,8 +123,7 @@ def main() -> None:
             }
         figures[device] = report(device, time_interleaved(methods, features, args.repeats, args.warmup))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
+        write_json(args.json, {
             "command": " ".join(["python", "scripts/bench_roi_pool.py", *sys.argv[1:]]),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -133,8 +132,17 @@ def main() -> None:
             "workload": {"mode": args.mode, "map_shape": map_shape, "rois": num_rois, "output_size": OUTPUT_SIZE,
                          "repeats": args.repeats, "warmup": args.warmup, "seed": args.seed},
             "figures": figures,
-        }, indent=2) + "\n")
+        })
         print(f"wrote {args.json}")
+
+
+def write_json(path: Path, figures: dict) -> None:
+    """Write ``figures`` to ``path``, or exit with one sentence naming it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2) + "\n")
+    except OSError as error:
+        sys.exit(f"error: --json {path}: cannot write it ({error.strerror})")
 
 
 if __name__ == "__main__":

@@ -367,3 +367,7 @@ def test_benchmark_script_writes_both_methods_and_refuses_to_overwrite(tmp_path,
         assert cpu["ratio"] == pytest.approx(cpu["separable_median_ms"] / cpu["torchvision_median_ms"], rel=0.05)
         with pytest.raises(SystemExit, match="exists"):
             module.main()
+        blocked = tmp_path / "a_file"
+        blocked.write_text("")
+        with pytest.raises(SystemExit, match="cannot write"):
+            module.write_json(blocked / "align.json", {})
