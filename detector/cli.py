@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "prediction counts neither way)")
     p.add_argument("--counts", nargs=2, metavar=("PREDICTED_JSON", "TRUE_JSON"),
                    help="also compare line counts: counts.json of `detector track` against the true counts")
+    p.add_argument("--min-height", type=float, default=0.0, metavar="PX",
+                   help="score as KITTI's tracking benchmark (which uses 25): true cars under PX pixels tall are "
+                        "ignore regions, and predicted boxes under PX that match no taller car are dropped "
+                        "(default 0: every car counts)")
     p.add_argument("--out", help="also write the metrics as JSON to this file")
 
     p = sub.add_parser("demo", help="render synthetic roads, train, evaluate and detect, all offline (about 10 min on CPU)")

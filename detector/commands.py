@@ -224,7 +224,9 @@ def run_eval_track(args: argparse.Namespace) -> int:
     from detector.track.mot import read_ground_truth, read_mot
 
     truth, ignore = read_ground_truth(args.ground_truth)
-    metrics = evaluate_tracks(truth, read_mot(args.predicted), ignore)
+    if args.min_height < 0:
+        raise DetectorError(f"--min-height must be >= 0 pixels, got {args.min_height}")
+    metrics = evaluate_tracks(truth, read_mot(args.predicted), ignore, min_height=args.min_height)
     if args.counts:
         metrics["count errors"] = count_errors(*args.counts)
     for key, value in metrics.items():

@@ -121,7 +121,9 @@ def _ablation_rows() -> list[Row]:
     rows += [Row("multi-scale 512-768", "ours", "input_size", ("augment.sizes=[512,576,640,704,768]",))]
     rows += [Row("tta=flip+1.25x wbf", "ours", "tta", (), eval_overrides=("eval.tta=true",))]
     # issue 15: robust training (weather and sensor corruptions as augmentation; score it with scripts/robustness.py)
-    rows += [Row("weather=0.5", "ours", "weather", ("augment.weather=0.5",))]
+    rows += [Row("weather=0.5", "ours", "weather", ("augment.weather=0.5",)),
+             Row("weather=0.25 severity<=3", "ours", "weather", ("augment.weather=0.25",
+                                                                 "augment.weather_max_severity=3"))]
     return rows
 
 

@@ -24,7 +24,8 @@ from detector.structures import DetectorError
 from detector.track.bytetrack import iou_matrix
 from detector.track.mot import MotBox
 
-__all__ = ["ALPHAS", "clear_and_identity", "count_errors", "drop_ignored", "evaluate_tracks", "hota"]
+__all__ = ["ALPHAS", "clear_and_identity", "count_errors", "drop_ignored", "evaluate_tracks", "hota",
+           "ignore_below_height"]
 
 ALPHAS = np.arange(0.05, 0.99, 0.05)  # 19 thresholds
 
@@ -150,11 +151,37 @@ def drop_ignored(ground_truth: list[MotBox], predicted: list[MotBox], ignore: li
     return [box for index, box in enumerate(predicted) if index not in dropped]
 
 
+def ignore_below_height(ground_truth: list[MotBox], predicted: list[MotBox], ignore: list[MotBox],
+                        min_height: float, match_iou: float = 0.5) -> tuple[list[MotBox], list[MotBox], list[MotBox]]:
+    """KITTI's tracking rule for small objects: a ground-truth box under ``min_height`` pixels tall becomes an ignore
+    region (neither a miss when not found nor a hit when found), and a predicted box under ``min_height`` tall that
+    matches no remaining ground-truth box (IoU below ``match_iou``) is dropped (neither a hit nor a false positive).
+    Returns (ground truth, predicted, ignore regions) for `evaluate_tracks`; ``min_height`` 0 changes nothing."""
+    if min_height < 0:
+        raise DetectorError(f"min_height must be >= 0 pixels, got {min_height}")
+    tall = [box for box in ground_truth if box.box[3] - box.box[1] >= min_height]
+    small = [box for box in ground_truth if box.box[3] - box.box[1] < min_height]
+    kept = _by_frame(tall)
+    no_truth = np.zeros((0, 4))
+
+    def counts(box: MotBox) -> bool:
+        if box.box[3] - box.box[1] >= min_height:
+            return True
+        truth = kept.get(box.frame, (None, no_truth))[1]
+        return bool(iou_matrix(np.array([box.box], np.float64), truth).max(initial=0.0) >= match_iou)
+
+    return tall, [box for box in predicted if counts(box)], list(ignore) + small
+
+
 def evaluate_tracks(ground_truth: list[MotBox], predicted: list[MotBox],
-                    ignore: list[MotBox] | None = None) -> dict[str, float]:
+                    ignore: list[MotBox] | None = None, min_height: float = 0.0) -> dict[str, float]:
     """Every tracking metric of this module in one dict; predicted boxes in an ``ignore`` region do not count
-    (`drop_ignored`)."""
-    predicted = drop_ignored(ground_truth, predicted, ignore or [])
+    (`drop_ignored`). ``min_height`` > 0 scores as KITTI's tracking benchmark does: cars under that many pixels tall
+    are neither asked for nor held against a prediction (`ignore_below_height`)."""
+    ignore = list(ignore or [])
+    if min_height:
+        ground_truth, predicted, ignore = ignore_below_height(ground_truth, predicted, ignore, min_height)
+    predicted = drop_ignored(ground_truth, predicted, ignore)
     return {**clear_and_identity(ground_truth, predicted), **hota(ground_truth, predicted)}
 
 

@@ -152,6 +152,14 @@ def test_eval_track_command(tmp_path, capsys):
     pred.write_text(pred.read_text() + "1,3,30,0,10,10,0.8,-1,-1,-1\n")  # a prediction there counts neither way
     assert main(["eval-track", str(pred), str(gt)]) == 0
     assert "false positives: 0.0" in capsys.readouterr().out
+    gt.write_text(gt.read_text() + "2,4,50,0,8,8,1,1,1\n")  # an 8-px car in frame 2, missed
+    assert main(["eval-track", str(pred), str(gt)]) == 0
+    assert "misses: 1.0" in capsys.readouterr().out
+    assert main(["eval-track", str(pred), str(gt), "--min-height", "9"]) == 0  # KITTI's rule: too small to ask for
+    out = capsys.readouterr().out
+    assert "misses: 0.0" in out and "ground-truth boxes: 4.0" in out
+    assert main(["eval-track", str(pred), str(gt), "--min-height", "-1"]) == 2
+    assert "--min-height must be >= 0 pixels, got -1.0" in capsys.readouterr().err
     pred.write_text("1,1,0,0,10\n")
     assert main(["eval-track", str(pred), str(gt)]) == 2
     assert "pred.txt:1: expected at least 7 comma-separated fields" in capsys.readouterr().err

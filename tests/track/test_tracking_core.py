@@ -10,7 +10,7 @@ from detector.structures import DetectorError
 from detector.track import ByteTracker, KalmanFilter, LineCounter, MotBox, ZoneCounter, read_mot, write_mot
 from detector.track.counting import bottom_centre
 from detector.track.kalman import cxcywh_to_xyxy, xyxy_to_cxcywh
-from detector.track.metrics import clear_and_identity, drop_ignored, evaluate_tracks, hota
+from detector.track.metrics import clear_and_identity, drop_ignored, evaluate_tracks, hota, ignore_below_height
 
 
 BYTETRACK_NOISE = (1 / 20, 1 / 160, 0.0)  # ByteTrack's and BoT-SORT's weights: the hand computations below use them
@@ -269,3 +269,25 @@ def test_predictions_in_an_ignore_region_count_neither_way():
     assert drop_ignored(gt, pred, ignore) == [pred[0], quarter]
     assert evaluate_tracks(gt, pred, ignore)["false positives"] == 1 and evaluate_tracks(gt, pred)["false positives"] == 2
     assert evaluate_tracks(gt, pred, ignore)["MOTA"] == pytest.approx(0.0)
+
+
+def test_min_height_scores_as_kitti_tracking():
+    """KITTI's rule at 25 px. Frame 1: car A (30 px tall) is asked for, B (10 px, found) and C (8 px, missed) are
+    not; the predictions on A and B and a 12-px false positive. Frame 2: A again, found by a 20-px box at IoU 2/3 (a
+    small box on a tall car still scores). All cars: 4 boxes, 3 hits, 1 miss (C), 1 false positive, MOTA 1 - 2/4.
+    At 25 px: 2 boxes (A twice), 2 hits; the boxes on B and the 12-px one leave; MOTA 1."""
+    gt = [MotBox(1, 1, (0.0, 0.0, 20.0, 30.0)), MotBox(1, 2, (100.0, 0.0, 110.0, 10.0)),
+          MotBox(1, 3, (150.0, 0.0, 158.0, 8.0)), MotBox(2, 1, (0.0, 0.0, 20.0, 30.0))]
+    pred = [MotBox(1, 7, (0.0, 0.0, 20.0, 30.0)), MotBox(1, 8, (100.0, 0.0, 110.0, 10.0)),
+            MotBox(1, 9, (200.0, 0.0, 210.0, 12.0)), MotBox(2, 7, (0.0, 5.0, 20.0, 25.0))]
+    truth, kept, ignore = ignore_below_height(gt, pred, [], 25)
+    assert truth == [gt[0], gt[3]] and kept == [pred[0], pred[3]] and ignore == [gt[1], gt[2]]
+    everything = evaluate_tracks(gt, pred)
+    assert (everything["ground-truth boxes"], everything["misses"], everything["false positives"]) == (4, 1, 1)
+    assert everything["MOTA"] == pytest.approx(1 - 2 / 4)
+    kitti = evaluate_tracks(gt, pred, min_height=25)
+    assert (kitti["ground-truth boxes"], kitti["misses"], kitti["false positives"]) == (2, 0, 0)
+    assert kitti["MOTA"] == pytest.approx(1.0) and kitti["IDF1"] == pytest.approx(1.0)
+    assert evaluate_tracks(gt, pred, min_height=0) == everything
+    with pytest.raises(DetectorError, match="min_height"):
+        ignore_below_height(gt, pred, [], -1)
