@@ -2,9 +2,11 @@
 not the benchmark's (scripts/track_benchmark.py uses seeds 9101 / 9202), at several data.max_size values.
 
     python docs/benchmarks/tracking_tuning/tune.py 320,400,480   # from the repository root; runs/demo/train/best.pt
+    python docs/benchmarks/tracking_tuning/tune.py 320 runs/demo_cascade/train/best.pt   # another checkpoint
 
-Detections are cached per video and size under work/ (ignored), then the tracker runs with each setting of `grid`;
-each row gives per video (MOTA, IDF1, counted minus true crossings). Writes work/results_<sizes>.json.
+Detections are cached per video, checkpoint and size under work/ (ignored), then the tracker runs with each setting of
+`grid`; each row gives per video (MOTA, IDF1, counted minus true crossings, MOTA with cars under 25 px ignored).
+Writes work/results_<sizes>[_<checkpoint folder>].json.
 """
 import itertools, json, sys, tempfile, time
 from pathlib import Path
@@ -35,6 +37,8 @@ class Cached:
 
 work = Path("docs/benchmarks/tracking_tuning/work"); work.mkdir(exist_ok=True)
 sizes = [int(a) for a in sys.argv[1].split(",")] if len(sys.argv) > 1 else [320, 480]
+checkpoint = sys.argv[2] if len(sys.argv) > 2 else "runs/demo/train/best.pt"
+tag = "" if checkpoint == "runs/demo/train/best.pt" else Path(checkpoint).parent.parent.name + "_"
 cache = {}
 for name, spec in VIDEOS.items():
     folder = work / name.replace(" ", "_")
@@ -43,9 +47,9 @@ for name, spec in VIDEOS.items():
         render_video(video, num_frames=300, **spec)
     side = json.loads(video.with_suffix(".json").read_text())
     for size in sizes:
-        path = folder / f"dets_{size}.npz"
+        path = folder / f"dets_{tag}{size}.npz"
         if not path.exists():
-            det = Detector.load("runs/demo/train/best.pt", overrides=[f"data.max_size={size}"])
+            det = Detector.load(checkpoint, overrides=[f"data.max_size={size}"])
             rec = Cached([], det.class_names)
             class Grab:
                 class_names = det.class_names
@@ -75,7 +79,9 @@ for size in sizes:
             with tempfile.TemporaryDirectory() as tmp:
                 summary = run_tracking(Cached(dets, ["car"]), str(video), Path(tmp) / "o", lines=[text], config=cfg, batch_size=4)
                 m = evaluate_tracks(tb.truth_of(side), read_mot(summary.mot_path), tb.ignore_of(side))
+                k = evaluate_tracks(tb.truth_of(side), read_mot(summary.mot_path), tb.ignore_of(side), min_height=25)
             truth = tb.true_counts(side, line); got = summary.counts["lines"]["gate"]
-            row[name] = (round(m["MOTA"], 3), round(m["IDF1"], 3), got["total"] - truth["left"] - truth["right"])
+            row[name] = (round(m["MOTA"], 3), round(m["IDF1"], 3), got["total"] - truth["left"] - truth["right"],
+                         round(k["MOTA"], 3))
         print(row, flush=True); results.append(row)
-json.dump(results, open(work / f"results_{'_'.join(map(str, sizes))}.json", "w"), indent=1)
+json.dump(results, open(work / f"results_{'_'.join(map(str, sizes))}{'_' + tag.rstrip('_') if tag else ''}.json", "w"), indent=1)
