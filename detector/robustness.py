@@ -302,16 +302,27 @@ def markdown_table(results: Mapping[tuple[str, int], float], digits: int = 3) ->
 
 
 def score_corruptions(evaluate: Callable[[Callable[[Any], Any]], Mapping[str, float]],
-                      corruptions: Sequence[tuple[str, int]], progress: bool = True) -> dict[tuple[str, int], dict]:
+                      corruptions: Sequence[tuple[str, int]], progress: bool = True,
+                      done: Mapping[tuple[str, int], Mapping[str, float]] | None = None,
+                      on_score: Callable[[tuple[str, int], dict], None] | None = None) -> dict[tuple[str, int], dict]:
     """AP and AP50 of one model under each (name, severity): ``evaluate(wrap_transform)`` scores the model with
     its evaluation transform wrapped (e.g. `detector.engine.evaluate(..., wrap_transform=...)`) and returns its
-    COCO metrics. -> {(name, severity): {"AP": .., "AP50": ..}} in the order given."""
+    COCO metrics. -> {(name, severity): {"AP": .., "AP50": ..}} in the order given.
+
+    ``done``: figures already scored (an interrupted run's), taken as they are; ``on_score(key, figures)`` is called
+    after each new score, so a caller can save it and resume later."""
     from tqdm import tqdm
 
+    done = done or {}
     scores: dict[tuple[str, int], dict] = {}
     for name, severity in tqdm(corruptions, desc="corruptions", unit="run", disable=not progress):
+        if (name, severity) in done:
+            scores[(name, severity)] = {m: done[(name, severity)][m] for m in ("AP", "AP50")}
+            continue
         metrics = evaluate(lambda transform, n=name, v=severity: CorruptedTransform(transform, n, v))
         scores[(name, severity)] = {m: metrics[m] for m in ("AP", "AP50")}
+        if on_score is not None:
+            on_score((name, severity), scores[(name, severity)])
     return scores
 
 

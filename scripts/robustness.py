@@ -12,7 +12,8 @@ seed), with the project's COCO evaluator; the summary per model is mPC (mean AP 
 rPC = mPC / clean AP, as Michaelis et al. 2019. A model trained with ``augment.weather`` also gets mPC / rPC over
 the corruptions it was trained on and over the held-out ones. Writes robustness.json (command, date, machine,
 versions, every figure), robustness.md and robustness.png (AP per corruption, one bar per model) into --out; a model
-already there with the same weights, split and corruptions is kept (an interrupted run resumes).
+already there with the same weights, split and corruptions is kept. A model being scored saves each figure to
+robustness.partial.json as it comes, so an interrupted run resumes at the corruption where it stopped.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from detector.engine import evaluate  # noqa: E402
 from detector.errors import DetectorError  # noqa: E402
 from detector.robustness import (  # noqa: E402
     SEVERITIES, group_figures, parse_corruptions, score_corruptions, summarize, trained_corruptions)
-from detector.runs import json_safe  # noqa: E402
+from detector.runs import json_safe, write_text_atomic  # noqa: E402
 
 PEER_CONFIG = "config.yaml"  # scripts/benchmark.py saves the peer's config beside its peer.pt
+PARTIAL = "robustness.partial.json"  # figures of a model being scored, saved as they come (resume)
 
 
 def parse_model(spec: str) -> tuple[str, Path]:
@@ -83,17 +85,68 @@ def scorer(weights: Path, kind: str, split: str, max_images: int) -> tuple[Calla
             config)
 
 
-def score_model(name: str, weights: Path, split: str, corruptions: list[tuple[str, int]], max_images: int) -> dict:
+def score_model(name: str, weights: Path, split: str, corruptions: list[tuple[str, int]], max_images: int,
+                partial: Path | None = None) -> dict:
+    """The robustness summary of one model; with ``partial`` (a JSON file), every figure is saved there as it is
+    scored and figures already there for the same model, weights, split and image count are reused."""
     kind = model_kind(weights)
     print(f"\n=== {name} ({kind}): {weights} on {split}, {len(corruptions)} corruptions ===", flush=True)
+    identity = {"weights": str(weights), "split": split, "max_images": max_images}
+    saved = read_partial(partial) if partial is not None else {}
+    mine = saved.get(name) if saved.get(name, {}).get("identity") == identity else None
+    mine = mine or {"identity": identity, "clean": None, "scores": []}
+    done = {(c["name"], c["severity"]): c for c in mine["scores"]}
+    if done or mine["clean"]:
+        print(f"resuming from {partial}: clean {'scored' if mine['clean'] else 'to score'}, {len(done)} of "
+              f"{len(corruptions)} corruptions scored", flush=True)
+
+    def save() -> None:
+        if partial is not None:
+            saved[name] = mine
+            write_text_atomic(partial, json.dumps(json_safe(saved), indent=1))
+
     run, config = scorer(weights, kind, split, max_images)
-    clean = run(None)
+    if mine["clean"] is None:
+        metrics = run(None)
+        mine["clean"] = {m: metrics[m] for m in ("AP", "AP50")}
+        save()
+    clean = mine["clean"]
     print(f"clean AP {clean['AP']:.3f} AP50 {clean['AP50']:.3f}", flush=True)
-    scores = score_corruptions(run, corruptions)
+
+    def keep(key: tuple[str, int], figures: dict) -> None:
+        mine["scores"].append({"name": key[0], "severity": key[1], **figures})
+        save()
+
+    scores = score_corruptions(run, corruptions, done=done, on_score=keep)
     augment, trained_on = config.augment, trained_corruptions(config.augment)
     return {"kind": kind, "weights": str(weights), "split": split, "max_images": max_images,
             "weather": {"p": augment.weather, "corruptions": list(trained_on), "max_severity": augment.weather_max_severity}
             if trained_on else None, **summarize(clean, scores, trained_on)}
+
+
+def read_partial(path: Path) -> dict[str, Any]:
+    """The figures an interrupted run saved ({} when there is no such file); one sentence when it is unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DetectorError(f"{path}: cannot read the figures of an interrupted run ({error}); delete it to score "
+                            "from the start") from None
+    if not isinstance(saved, dict):
+        raise DetectorError(f"{path}: expected a JSON object of models (an interrupted run's figures); delete it to "
+                            "score from the start")
+    return saved
+
+
+def _drop_partial(path: Path, name: str) -> None:
+    """Forget the interrupted-run figures of ``name`` (now in robustness.json); the file goes with its last model."""
+    saved = read_partial(path)
+    saved.pop(name, None)
+    if saved:
+        write_text_atomic(path, json.dumps(json_safe(saved), indent=1))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _mean_ap(summary: dict, name: str, metric: str = "AP") -> float | None:
@@ -205,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"=== {name}: kept from {path} (same weights, split and corruptions; --rerun scores again) ===")
                 report["models"][name] = kept
             else:
-                report["models"][name] = score_model(name, weights, args.split, corruptions, args.max_images)
-            path.write_text(json.dumps(json_safe(report), indent=2))  # after every model: a long run keeps it
+                report["models"][name] = score_model(name, weights, args.split, corruptions, args.max_images,
+                                                     partial=out / PARTIAL)
+            write_text_atomic(path, json.dumps(json_safe(report), indent=2))  # after every model
+            _drop_partial(out / PARTIAL, name)
         text = markdown(report)
         (out / "robustness.md").write_text(text)
         picture = plot(report, out / "robustness.png")

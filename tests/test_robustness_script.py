@@ -94,3 +94,51 @@ def test_markdown_scores_every_model_over_the_robust_models_groups(script):
     assert "| mPC / rPC, trained-on corruptions | 0.200 / 0.400 | 0.400 / 0.800 |" in text
     assert "| mPC / rPC, held-out corruptions | 0.300 / 0.600 | 0.350 / 0.700 |" in text
     assert "| fog | 0.200 | 0.400* |" in text
+
+
+def test_an_interrupted_model_resumes_at_the_corruption_where_it_stopped(script, tiny_checkpoint, tmp_path,
+                                                                          monkeypatch, capsys):
+    """Clean and fog:1 are scored, then the run dies during night:5: robustness.partial.json holds the two figures,
+    and the next run scores night:5 alone, writes the model to robustness.json and removes the partial file."""
+    out = tmp_path / "r"
+    argv = ["--model", f"ours={tiny_checkpoint}", "--split", "val", "--corrupt", "fog:1,night:5", "--max-images", "2",
+            "--out", str(out)]
+    real_scorer, calls = script.scorer, []
+
+    def counting_scorer(*args, fail_at=None, **kwargs):
+        run, config = real_scorer(*args, **kwargs)
+
+        def counted(wrap):
+            calls.append(wrap)
+            if fail_at is not None and len(calls) == fail_at:
+                raise KeyboardInterrupt
+            return run(wrap)
+        return counted, config
+
+    monkeypatch.setattr(script, "scorer", lambda *a, **k: counting_scorer(*a, fail_at=3, **k))
+    with pytest.raises(KeyboardInterrupt):
+        script.main(argv)
+    partial = json.loads((out / script.PARTIAL).read_text())["ours"]
+    assert partial["clean"]["AP"] >= 0 and [(c["name"], c["severity"]) for c in partial["scores"]] == [("fog", 1)]
+    assert not (out / "robustness.json").exists()
+
+    calls.clear()
+    monkeypatch.setattr(script, "scorer", counting_scorer)
+    assert script.main(argv) == 0
+    assert len(calls) == 1  # night:5 only
+    assert "resuming from" in capsys.readouterr().out
+    summary = json.loads((out / "robustness.json").read_text())["models"]["ours"]
+    assert [(c["name"], c["severity"]) for c in summary["corruptions"]] == [("fog", 1), ("night", 5)]
+    assert summary["clean"] == partial["clean"] and summary["corruptions"][0]["AP"] == partial["scores"][0]["AP"]
+    assert not (out / script.PARTIAL).exists()
+
+
+def test_an_unreadable_partial_file_is_one_sentence(script, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / script.PARTIAL).write_text("{not json")
+    argv = ["--model", f"ours={tiny_checkpoint}", "--split", "val", "--corrupt", "fog:1", "--max-images", "1",
+            "--out", str(out)]
+    assert script.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "robustness.partial.json: cannot read the figures of an interrupted run" in err and "delete it" in err
