@@ -133,7 +133,7 @@ def read_partial(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as error:
         raise DetectorError(f"{path}: cannot read the figures of an interrupted run ({error}); delete it to score "
                             "from the start") from None
-    if not isinstance(saved, dict):
+    if not isinstance(saved, dict) or not all(isinstance(entry, dict) for entry in saved.values()):
         raise DetectorError(f"{path}: expected a JSON object of models (an interrupted run's figures); delete it to "
                             "score from the start")
     return saved
