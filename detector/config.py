@@ -123,6 +123,9 @@ class DataConfig:
     synthetic_train_images: int = 240
     synthetic_val_images: int = 60
     synthetic_size: list[int] = field(default_factory=lambda: [320, 320])
+    # Synthetic data only: the share of the driver's-view cars placed far down the road (34-100 m at the default zoom,
+    # 5..16 px wide), as a dash-cam video shows them; 0 keeps the stills' near range (16..120 px wide).
+    synthetic_far_cars: float = 0.0
     num_workers: int = 2
 
 
@@ -384,7 +387,7 @@ _RANGES = {
         "track.high_thresh", "track.low_thresh", "track.new_track_thresh", "track.match_iou", "track.low_match_iou",
         "track.tentative_match_iou",
         "augment.translate", "augment.brightness_contrast", "augment.hue_saturation", "augment.blur", "augment.noise",
-        "augment.crop", "augment.min_visibility", "augment.weather")},
+        "augment.crop", "augment.min_visibility", "augment.weather", "data.synthetic_far_cars")},
     "augment.weather_max_severity": _between(1, 5),
     "model.cascade_ious": _between(0.0, 1.0, low_open=True, high_open=True),
     "train.ema_decay": _between(0.0, 1.0, high_open=True),

@@ -46,6 +46,7 @@ def test_scientific_notation_without_a_dot_is_a_float():
         ("model.score_thresh=-3", "'model.score_thresh' is -3.0; expected [0, 1]"),
         ("train.ema_decay=7", "'train.ema_decay' is 7.0; expected [0, 1)"),
         ("data.synthetic_size=[320]", "'data.synthetic_size' expects 2 numbers, got [320]"),
+        ("data.synthetic_far_cars=1.5", "'data.synthetic_far_cars' is 1.5; expected [0, 1]"),
         ("model.anchor_sizes=[32, 0]", "'model.anchor_sizes' is [32.0, 0.0]; expected positive for every item"),
         ("model.detections_per_image=0", "'model.detections_per_image' is 0; expected at least 1"),
         ("track.low_thresh=0.7", "'track.low_thresh' must not exceed 'track.high_thresh'"),

@@ -58,8 +58,10 @@ def read_split(data: DataConfig, path: str, class_names: list[str] | None) -> Da
 def render_synthetic(data: DataConfig, seed: int) -> tuple[Path, Path]:
     """Render (once) the synthetic train and validation scenes; returns their annotation files."""
     size = (data.synthetic_size[0], data.synthetic_size[1])
-    train = write_coco_dataset(Path(data.train_path), data.synthetic_train_images, size=size, seed=seed)
-    val = write_coco_dataset(Path(data.val_path), data.synthetic_val_images, size=size, seed=seed + 1_000_003)
+    far = data.synthetic_far_cars
+    train = write_coco_dataset(Path(data.train_path), data.synthetic_train_images, size=size, seed=seed, far_cars=far)
+    val = write_coco_dataset(Path(data.val_path), data.synthetic_val_images, size=size, seed=seed + 1_000_003,
+                             far_cars=far)
     return train, val
 
 

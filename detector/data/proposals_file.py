@@ -9,12 +9,11 @@ A JSON object keyed by image file name (``"000012.jpeg"``) or image id (``"12"``
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from detector.runs import write_text_atomic
 from detector.structures import DetectorError, ImageRecord
 
 __all__ = ["proposals_for_record", "read_proposals_file", "write_proposals_file"]
@@ -99,14 +98,7 @@ def write_proposals_file(path: str | Path, proposals: dict[str, np.ndarray]) -> 
         array = _as_box_array(np.asarray(boxes, dtype=np.float64).tolist(), path, str(key))
         lines.append(f"{json.dumps(str(key))}: {json.dumps(np.round(array.astype(np.float64), 2).tolist())}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write("{\n" + ",\n".join(lines) + "\n}\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
 
 def proposals_for_record(proposals: dict[str, np.ndarray], record: ImageRecord, path: str | Path) -> np.ndarray:

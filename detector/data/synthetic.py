@@ -42,13 +42,17 @@ _VERSION = 1  # bump when rendering changes, so a cached dataset is not mistaken
 
 
 def _world(rng: np.random.Generator, size: tuple[int, int], view: str, duration: float, stop_and_go: bool = False,
-           occlusions: bool = False):
+           occlusions: bool = False, far_cars: float = 0.0):
     if view not in VIEWS:
         raise DetectorError(f"synthetic view must be one of {', '.join(VIEWS)}, got {view!r}")
     if min(size) < 32:
         raise DetectorError(f"synthetic image size must be at least 32x32 pixels (height, width), got {tuple(size)}")
-    world_type = _TopdownWorld if view == "topdown" else _DriverWorld
-    return world_type(rng, (int(size[0]), int(size[1])), duration, stop_and_go=stop_and_go, occlusions=occlusions)
+    if not 0.0 <= far_cars <= 1.0:
+        raise DetectorError(f"synthetic far_cars must be a share between 0 and 1, got {far_cars}")
+    size = (int(size[0]), int(size[1]))
+    if view == "topdown":  # a drone sees every car from the same height: nothing is far
+        return _TopdownWorld(rng, size, duration, stop_and_go=stop_and_go, occlusions=occlusions)
+    return _DriverWorld(rng, size, duration, stop_and_go=stop_and_go, occlusions=occlusions, far_cars=far_cars)
 
 
 def _render_frame(world, time: float, rng: np.random.Generator) -> SceneRender:
@@ -58,21 +62,23 @@ def _render_frame(world, time: float, rng: np.random.Generator) -> SceneRender:
     return render
 
 
-def render_scene(rng: np.random.Generator, size: tuple[int, int] = (320, 320), view: str = "topdown") -> SceneRender:
+def render_scene(rng: np.random.Generator, size: tuple[int, int] = (320, 320), view: str = "topdown",
+                 far_cars: float = 0.0) -> SceneRender:
     """Render one road scene of ``size`` (height, width) seen ``view`` ("topdown" or "driver").
 
     Deterministic given the generator state; 0..8 cars (about 12% of scenes have none). Boxes are
     (M, 4) float32 pixel xyxy of visible car pixels; ignore regions are cars under 30% visible.
+    ``far_cars``: the driver's view only, the share of cars placed far down the road (see ``_DriverWorld``).
     """
-    return _render_frame(_world(rng, size, view, 0.0), 0.0, rng)
+    return _render_frame(_world(rng, size, view, 0.0, far_cars=far_cars), 0.0, rng)
 
 
 def iter_scenes(num_images: int, size: tuple[int, int] = (320, 320), seed: int = 0,
-                views: Sequence[str] = VIEWS) -> Iterator[SceneRender]:
+                views: Sequence[str] = VIEWS, far_cars: float = 0.0) -> Iterator[SceneRender]:
     """Yield ``num_images`` scenes; scene i uses view ``views[i % len(views)]`` and its own generator
     seeded by (seed, i), so a scene does not depend on how many come before it."""
     for index in range(num_images):
-        yield render_scene(np.random.default_rng([seed, index]), size, views[index % len(views)])
+        yield render_scene(np.random.default_rng([seed, index]), size, views[index % len(views)], far_cars)
 
 
 def _coco_annotations(entries: Sequence[tuple[str, int, int, np.ndarray, np.ndarray]]) -> dict:
@@ -104,7 +110,7 @@ def _holds_dataset(out_dir: Path, params: dict) -> bool:
 
 
 def write_coco_dataset(out_dir: Path, num_images: int, size: tuple[int, int] = (320, 320), seed: int = 0,
-                       views: Sequence[str] = VIEWS, image_format: str = "jpg") -> Path:
+                       views: Sequence[str] = VIEWS, image_format: str = "jpg", far_cars: float = 0.0) -> Path:
     """Write ``out_dir/images/*.jpg`` (quality 95, or png) and a COCO ``out_dir/annotations.json``
     (bbox xywh; iscrowd 1 marks ignore regions; one category, car) and return the annotation path.
 
@@ -116,13 +122,15 @@ def write_coco_dataset(out_dir: Path, num_images: int, size: tuple[int, int] = (
         raise DetectorError(f"synthetic image_format must be 'jpg' or 'png', got {image_format!r}")
     params = {"version": _VERSION, "num_images": int(num_images), "size": [int(v) for v in size], "seed": int(seed),
               "views": list(views), "image_format": image_format}
+    if far_cars:  # recorded only when set, so a folder rendered before the option existed is still recognized
+        params["far_cars"] = float(far_cars)
     annotation_path, params_path = out_dir / "annotations.json", out_dir / "synthetic.json"
     if _holds_dataset(out_dir, params):
         return annotation_path
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     entries = []
     options = [cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == "jpg" else []
-    for index, render in enumerate(iter_scenes(num_images, size, seed, views)):
+    for index, render in enumerate(iter_scenes(num_images, size, seed, views, far_cars)):
         file_name = f"images/{index:06d}.{image_format}"
         cv2.imwrite(str(out_dir / file_name), cv2.cvtColor(render.image, cv2.COLOR_RGB2BGR), options)
         entries.append((file_name, *render.image.shape[:2], render.boxes, render.ignore))

@@ -197,14 +197,19 @@ class _DriverWorld:
     - ``occlusions``: a car parked on the shoulder passes fully behind a van driving in the outer lane on that side,
       as the ego drives by: hidden for a few frames, then seen again (other traffic may hide it too, as any car).
       ``occlusion`` holds their ids and the time the two line up.
-    Both draw from the generator after the scene is laid out, so the rest of the scene is the seed's."""
+    Both draw from the generator after the scene is laid out, so the rest of the scene is the seed's.
+
+    A still (``duration`` 0) places its cars 4.5..34 m away at the default zoom (16..120 px wide), where a video's
+    traffic also pulls away and comes from afar: with ``far_cars`` > 0 each car of a still is, with that probability,
+    placed 1-3 times beyond that range instead (about 5..16 px wide, the far cars a dash camera sees most of).
+    At 0 (the default) no extra number is drawn, so a seed's scene stays what it was."""
 
     _SPAN = 100.0  # metres of roadside that stream past, then wrap
 
     def __init__(self, rng: np.random.Generator, size: tuple[int, int], duration: float = 0.0,
-                 stop_and_go: bool = False, occlusions: bool = False) -> None:
+                 stop_and_go: bool = False, occlusions: bool = False, far_cars: float = 0.0) -> None:
         height, width = size
-        self.rng, self.size = rng, size
+        self.rng, self.size, self.far_cars = rng, size, far_cars
         self.camera = Camera(width * rng.uniform(0.85, 1.05), width * rng.uniform(0.46, 0.54),
                              height * rng.uniform(0.38, 0.5), rng.uniform(1.3, 1.7))
         self.lane, self.num_lanes = rng.uniform(3.2, 3.8), int(rng.integers(2, 5))
@@ -348,6 +353,8 @@ class _DriverWorld:
             lane_index = int(rng.integers(len(lanes)))
             x, facing, velocity = lanes[lane_index]
             z = 1 / rng.uniform(1 / (far - min(velocity * duration, 0)), 1 / near)  # even spread of pixel sizes
+            if not duration and self.far_cars and rng.random() < self.far_cars:
+                z = far * rng.uniform(1.0, 3.0)
             if any(c["lane"] == lane_index and abs(c["z"] - z) < 6.5 for c in cars):
                 continue
             style = ("sedan", "hatchback", "suv", "van")[rng.choice(4, p=[0.4, 0.2, 0.25, 0.15])]

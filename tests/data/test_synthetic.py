@@ -144,6 +144,39 @@ def test_unknown_view_is_a_clear_error() -> None:
         render_scene(np.random.default_rng(0), view="aerial")
 
 
+def heights(renders) -> np.ndarray:
+    return np.concatenate([r.boxes[:, 3] - r.boxes[:, 1] for r in renders])
+
+
+def test_far_cars_put_a_share_of_the_driver_view_cars_far_down_the_road() -> None:
+    near = list(iter_scenes(40, (320, 320), seed=7, views=("driver",)))
+    far = list(iter_scenes(40, (320, 320), seed=7, views=("driver",), far_cars=0.5))
+    # Without the option hardly a still car is under 16 px tall; with half of them far, about a third are (the far
+    # range holds cars about 5..16 px tall at this zoom, and some of those fall under the 4 px rule and leave).
+    assert np.mean(heights(near) < 16) < 0.05 < 0.25 < np.mean(heights(far) < 16)
+    assert heights(far).min() >= synthetic.MIN_BOX_SIDE
+    # The option draws nothing when off, and the top-down view has no far range: its scenes stay the seed's.
+    for view in ("topdown", "driver"):
+        off = render_scene(np.random.default_rng(3), (160, 200), view)
+        zero = render_scene(np.random.default_rng(3), (160, 200), view, far_cars=0.0)
+        assert np.array_equal(off.image, zero.image)
+    top, top_far = (render_scene(np.random.default_rng(3), (160, 200), "topdown", far_cars=f) for f in (0.0, 1.0))
+    assert np.array_equal(top.image, top_far.image) and np.array_equal(top.boxes, top_far.boxes)
+
+
+def test_far_cars_outside_zero_to_one_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(DetectorError, match="far_cars must be a share between 0 and 1, got 1.5"):
+        render_scene(np.random.default_rng(0), view="driver", far_cars=1.5)
+
+
+def test_a_dataset_rendered_without_far_cars_is_not_taken_for_one_with_them(tmp_path) -> None:
+    write_coco_dataset(tmp_path / "data", 2, size=(64, 64), seed=0)
+    with pytest.raises(DetectorError, match="not a synthetic dataset with these parameters"):
+        write_coco_dataset(tmp_path / "data", 2, size=(64, 64), seed=0, far_cars=0.5)
+    write_coco_dataset(tmp_path / "far", 2, size=(64, 64), seed=0, far_cars=0.5)
+    assert json.loads((tmp_path / "far" / "synthetic.json").read_text())["far_cars"] == 0.5
+
+
 @pytest.fixture(scope="module")
 def coco_dir(tmp_path_factory: pytest.TempPathFactory):
     out_dir = tmp_path_factory.mktemp("synthetic") / "coco"

@@ -3,10 +3,12 @@ not the benchmark's (scripts/track_benchmark.py uses seeds 9101 / 9202), at seve
 
     python docs/benchmarks/tracking_tuning/tune.py 320,400,480   # from the repository root; runs/demo/train/best.pt
     python docs/benchmarks/tracking_tuning/tune.py 320 runs/demo_cascade/train/best.pt   # another checkpoint
+    python docs/benchmarks/tracking_tuning/tune.py 320,480 runs/demo_far/train/best.pt wide   # the thresholds too
 
 Detections are cached per video, checkpoint and size under work/ (ignored), then the tracker runs with each setting of
-`grid`; each row gives per video (MOTA, IDF1, counted minus true crossings, MOTA with cars under 25 px ignored).
-Writes work/results_<sizes>[_<checkpoint folder>].json.
+`grid` (with ``wide``: every track.high_thresh 0.5-0.8 and track.new_track_thresh 0.6-0.9 pair); each row gives per
+video (MOTA, IDF1, counted minus true crossings, MOTA with cars under 25 px ignored).
+Writes work/results_<sizes>[_<checkpoint folder>][_wide].json.
 """
 import itertools, json, sys, tempfile, time
 from pathlib import Path
@@ -65,7 +67,9 @@ for name, spec in VIDEOS.items():
         arrays = np.load(path); flat = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
         cache[(name, size)] = ([tuple(flat[i:i + 3]) for i in range(0, len(flat), 3)], side, video)
 
-grid = {"high_thresh": [0.5], "new_track_thresh": [0.6], "low_thresh": [0.1]}
+wide = len(sys.argv) > 3 and sys.argv[3] == "wide"
+grid = {"high_thresh": [0.5, 0.6, 0.7, 0.8] if wide else [0.5], "new_track_thresh": [0.6, 0.7, 0.8, 0.9] if wide else [0.6],
+        "low_thresh": [0.1]}
 results = []
 for size in sizes:
     for values in itertools.product(*grid.values()):
@@ -84,4 +88,5 @@ for size in sizes:
             row[name] = (round(m["MOTA"], 3), round(m["IDF1"], 3), got["total"] - truth["left"] - truth["right"],
                          round(k["MOTA"], 3))
         print(row, flush=True); results.append(row)
-json.dump(results, open(work / f"results_{'_'.join(map(str, sizes))}{'_' + tag.rstrip('_') if tag else ''}.json", "w"), indent=1)
+json.dump(results, open(work / f"results_{'_'.join(map(str, sizes))}{'_' + tag.rstrip('_') if tag else ''}{'_wide' if wide else ''}.json",
+                        "w"), indent=1)
