@@ -10,10 +10,10 @@ import torch
 from conftest import SCRIPTS, script_module
 
 DEMO_CONFIG = str(SCRIPTS.parent / "configs" / "demo.yaml")
-TINY = ["--set", "data.max_size=96", "--set", "model.weights=none", "--set", "model.anchor_sizes=[16,32]",
-        "--set", "train.batch_size=2", "--set", "train.epochs=4", "--set", "train.warmup_iters=2",
-        "--max-images", "8", "--budget-min", "2", "--num-workers", "0", "--calls", "3", "--warmup", "1",
-        "--batch", "2"]
+TINY = ["--set", "data.max_size=96", "--set", "augment.sizes=[]", "--set", "model.weights=none",
+        "--set", "model.anchor_sizes=[16,32]", "--set", "train.batch_size=2", "--set", "train.epochs=4",
+        "--set", "train.warmup_iters=2", "--max-images", "8", "--budget-min", "2", "--num-workers", "0",
+        "--calls", "3", "--warmup", "1", "--batch", "2"]
 
 
 @pytest.fixture(scope="module")
