@@ -35,7 +35,7 @@ from detector.config import Config, TrackConfig, apply_overrides
 from detector.data.synthetic import render_video
 from detector.runs import json_safe, prepare_out_dir
 from detector.structures import Detections, DetectorError
-from detector.track.counting import LineCounter, bottom_centre
+from detector.track.counting import CountEvent, LineCounter, bottom_centre
 from detector.track.metrics import evaluate_tracks
 from detector.track.mot import MotBox, read_mot
 from detector.track.run import run_tracking
@@ -78,13 +78,25 @@ def ignore_of(sidecar: dict) -> list[MotBox]:
     return [MotBox(frame["index"] + 1, 0, tuple(box), 0.0) for frame in sidecar["frames"] for box in frame["ignore"]]
 
 
-def true_counts(sidecar: dict, line: tuple[str, tuple, tuple]) -> dict[str, int]:
-    """Crossings of ``line`` by the true trajectories, counted by the same rule as the tracker's counter."""
-    counter = LineCounter(*line)
+def true_crossings(sidecar: dict, line: tuple[str, tuple, tuple]) -> tuple[LineCounter, list[CountEvent]]:
+    """The counter of ``line`` fed the true trajectories (the same rule as the tracker's), and its crossing events
+    (``track_id`` is the renderer's id)."""
+    counter, events = LineCounter(*line), []
     for frame in sidecar["frames"]:
         entries = [(int(i), "car", bottom_centre(np.array(box))) for box, i in zip(frame["boxes"], frame["track_ids"])]
-        counter.update(frame["index"], frame["index"] / sidecar["fps"], entries)
+        events += counter.update(frame["index"], frame["index"] / sidecar["fps"], entries)
+    return counter, events
+
+
+def true_counts(sidecar: dict, line: tuple[str, tuple, tuple]) -> dict[str, int]:
+    """Crossings of ``line`` by the true trajectories, counted by the same rule as the tracker's counter."""
+    counter, _ = true_crossings(sidecar, line)
     return {"left": counter.total("left"), "right": counter.total("right")}
+
+
+def video_folder(work: Path, name: str) -> Path:
+    """The folder of one benchmark video (a VIDEOS name) under ``work``."""
+    return work / name.replace(", ", "_").replace(" + ", "_").replace(" ", "_")
 
 
 def track_row(predictor, video: Path, sidecar: dict, line_text: str, line: tuple, work: Path,
@@ -132,7 +144,7 @@ def tracking_rows(rows: list[str], detector: Detector | None, frames: int, work:
     row also scored by KITTI's rule (cars under that many pixels tall ignored)."""
     results: dict[str, dict] = {}
     for name, spec in VIDEOS.items():
-        folder = work / name.replace(", ", "_").replace(" + ", "_").replace(" ", "_")
+        folder = video_folder(work, name)
         video = render_video(folder / "video.mp4", num_frames=frames, **spec)
         sidecar = json.loads(video.with_suffix(".json").read_text())
         height, width = spec["size"]

@@ -41,14 +41,18 @@ VIEWS = ("topdown", "driver")
 _VERSION = 1  # bump when rendering changes, so a cached dataset is not mistaken for a new one
 
 
+def _check_far_cars(far_cars: float) -> None:
+    if not 0.0 <= far_cars <= 1.0:
+        raise DetectorError(f"synthetic far_cars must be a share between 0 and 1, got {far_cars}")
+
+
 def _world(rng: np.random.Generator, size: tuple[int, int], view: str, duration: float, stop_and_go: bool = False,
            occlusions: bool = False, far_cars: float = 0.0):
     if view not in VIEWS:
         raise DetectorError(f"synthetic view must be one of {', '.join(VIEWS)}, got {view!r}")
     if min(size) < 32:
         raise DetectorError(f"synthetic image size must be at least 32x32 pixels (height, width), got {tuple(size)}")
-    if not 0.0 <= far_cars <= 1.0:
-        raise DetectorError(f"synthetic far_cars must be a share between 0 and 1, got {far_cars}")
+    _check_far_cars(far_cars)
     size = (int(size[0]), int(size[1]))
     if view == "topdown":  # a drone sees every car from the same height: nothing is far
         return _TopdownWorld(rng, size, duration, stop_and_go=stop_and_go, occlusions=occlusions)
@@ -120,6 +124,7 @@ def write_coco_dataset(out_dir: Path, num_images: int, size: tuple[int, int] = (
     out_dir = Path(out_dir)
     if image_format not in ("jpg", "png"):
         raise DetectorError(f"synthetic image_format must be 'jpg' or 'png', got {image_format!r}")
+    _check_far_cars(far_cars)  # before anything is written, so a refused call leaves no folder behind
     params = {"version": _VERSION, "num_images": int(num_images), "size": [int(v) for v in size], "seed": int(seed),
               "views": list(views), "image_format": image_format}
     if far_cars:  # recorded only when set, so a folder rendered before the option existed is still recognized

@@ -167,6 +167,9 @@ def test_far_cars_put_a_share_of_the_driver_view_cars_far_down_the_road() -> Non
 def test_far_cars_outside_zero_to_one_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(DetectorError, match="far_cars must be a share between 0 and 1, got 1.5"):
         render_scene(np.random.default_rng(0), view="driver", far_cars=1.5)
+    with pytest.raises(DetectorError, match="far_cars must be a share between 0 and 1, got -0.1"):
+        write_coco_dataset(tmp_path / "data", 2, size=(64, 64), far_cars=-0.1)
+    assert not (tmp_path / "data").exists()
 
 
 def test_a_dataset_rendered_without_far_cars_is_not_taken_for_one_with_them(tmp_path) -> None:

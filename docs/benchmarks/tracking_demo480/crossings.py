@@ -7,12 +7,10 @@ Renders the two driver's-eye videos of scripts/track_benchmark.py under work/ (i
 """
 import json, shutil, sys
 from pathlib import Path
-import numpy as np
 sys.path.insert(0, "scripts")
 import track_benchmark as tb
 from detector.api import Detector
 from detector.data.synthetic import render_video
-from detector.track.counting import LineCounter, bottom_centre
 from detector.track.run import run_tracking
 
 HERE = Path(__file__).parent
@@ -20,17 +18,14 @@ detector = Detector.load("runs/demo/train/best.pt")
 report = {}
 for name in ("driver", "driver, stop-and-go + occlusions"):
     spec = tb.VIDEOS[name]
-    folder = HERE / "work" / name.replace(", ", "_").replace(" + ", "_").replace(" ", "_")
+    folder = tb.video_folder(HERE / "work", name)
     shutil.rmtree(folder / "ours", ignore_errors=True)
     video = render_video(folder / "video.mp4", num_frames=300, **spec)
     sidecar = json.loads(video.with_suffix(".json").read_text())
     height, width = spec["size"]
-    counter = LineCounter("gate", (0.0, 0.65 * height), (float(width), 0.65 * height))
-    truth = []
-    for frame in sidecar["frames"]:
-        entries = [(int(i), "car", bottom_centre(np.array(box))) for box, i in zip(frame["boxes"], frame["track_ids"])]
-        truth += [{"frame": e.frame, "true_id": e.track_id, "direction": e.direction}
-                  for e in counter.update(frame["index"], frame["index"] / sidecar["fps"], entries)]
+    line = ("gate", (0.0, 0.65 * height), (float(width), 0.65 * height))
+    truth = [{"frame": e.frame, "true_id": e.track_id, "direction": e.direction}
+             for e in tb.true_crossings(sidecar, line)[1]]
     run_tracking(detector, str(video), folder / "ours", lines=[f"0,{0.65 * height},{width},{0.65 * height}:gate"],
                  config=detector.config.track, batch_size=4)
     counts = json.loads((folder / "ours" / "counts.json").read_text())

@@ -68,8 +68,8 @@ for name, spec in VIDEOS.items():
         cache[(name, size)] = ([tuple(flat[i:i + 3]) for i in range(0, len(flat), 3)], side, video)
 
 wide = len(sys.argv) > 3 and sys.argv[3] == "wide"
-grid = {"high_thresh": [0.5, 0.6, 0.7, 0.8] if wide else [0.5], "new_track_thresh": [0.6, 0.7, 0.8, 0.9] if wide else [0.6],
-        "low_thresh": [0.1]}
+grid = {"high_thresh": [0.5, 0.6, 0.7, 0.8] if wide else [0.5],
+        "new_track_thresh": [0.6, 0.7, 0.8, 0.9] if wide else [0.6], "low_thresh": [0.1]}
 results = []
 for size in sizes:
     for values in itertools.product(*grid.values()):
@@ -88,5 +88,5 @@ for size in sizes:
             row[name] = (round(m["MOTA"], 3), round(m["IDF1"], 3), got["total"] - truth["left"] - truth["right"],
                          round(k["MOTA"], 3))
         print(row, flush=True); results.append(row)
-json.dump(results, open(work / f"results_{'_'.join(map(str, sizes))}{'_' + tag.rstrip('_') if tag else ''}{'_wide' if wide else ''}.json",
-                        "w"), indent=1)
+out_name = f"results_{'_'.join(map(str, sizes))}{'_' + tag.rstrip('_') if tag else ''}{'_wide' if wide else ''}.json"
+json.dump(results, open(work / out_name, "w"), indent=1)
