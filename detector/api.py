@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -129,14 +129,23 @@ class Detector:
 
     def track(self, source: str | int, out_dir: str | Path | None = None, lines: Sequence[str] = (),
               zones: Sequence[str] = (), homography: str | Path | None = None, classes: Sequence[str] | None = None,
-              batch_size: int = 4) -> "TrackSummary":
+              batch_size: int = 4, slice: int | str | None = None, overlap: float = DEFAULT_OVERLAP,
+              merge: str = "nms", full_frame: bool = True) -> "TrackSummary":
         """Track, count and (with a homography file) measure the speed of the cars in a video or any source
         `predict_video` takes; writes the annotated video, tracks.json/.csv, a MOTChallenge file and counts.json
         (detector.track.run). Lines are ``"x1,y1,x2,y2[:name]"``, zones ``"x1,y1,...,xn,yn[:name]"`` in pixels;
-        thresholds come from the config's ``track`` section."""
+        thresholds come from the config's ``track`` section. ``slice``: detect on each frame tile by tile (tiles of
+        this many px, ``overlap``, ``merge`` and ``full_frame`` as `detector.slicing.predict_sliced`; the tiles go
+        ``batch_size`` at a time), for cars too small to survive the resize of a large frame to data.max_size."""
         from detector.track.run import run_tracking
 
-        return run_tracking(self, source, out_dir, lines, zones, homography, self.config.track, classes, batch_size)
+        predictor: Any = self
+        if slice is not None:
+            from detector.slicing import SlicedPredictor
+
+            predictor, batch_size = SlicedPredictor(self, slice, overlap, merge, full_frame, batch_size), 1
+        return run_tracking(predictor, source, out_dir, lines, zones, homography, self.config.track, classes,
+                            batch_size)
 
     def predict_video(self, source: str | int, batch_size: int = 4, score_thresh: float | None = None,
                       classes: Sequence[str] | None = None, max_det: int | None = None) -> Iterator[FrameResult]:

@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_number(int, 0, None, "an integer of at least 0 (0: automatic)"), default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto")
+    _add_slicing(p)
     _add_overrides(p)
 
     p = sub.add_parser("serve", help="an HTTP service with a web page: POST images and videos, get boxes (FastAPI)")

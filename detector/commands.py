@@ -142,6 +142,12 @@ def slicing_options(args: argparse.Namespace) -> dict:
             "merge": args.slice_merge or "nms", "full_frame": not args.no_full_frame}
 
 
+def describe_slicing(slicing: dict) -> str:
+    """The line `detect` and `track` print for the options of `slicing_options`."""
+    return (f"sliced inference: tiles of {slicing['size']} px, overlap {slicing['overlap']}, merge {slicing['merge']}, "
+            f"full-frame pass {'on' if slicing['full_frame'] else 'off'}")
+
+
 def read_dataset_for_checkpoint(config: Config, path: str, checkpoint: str) -> Dataset:
     """Read a dataset (once) with the checkpoint's classes; classes it lacks are named with both sides."""
     from detector.data.build import read_split
@@ -196,8 +202,7 @@ def run_detect(args: argparse.Namespace) -> int:
         from detector.slicing import SlicedPredictor
 
         detector, batch_size = SlicedPredictor(detector, **slicing, batch_size=batch_size), 1
-        print(f"sliced inference: tiles of {slicing['size']} px, overlap {slicing['overlap']}, "
-              f"merge {slicing['merge']}, full-frame pass {'on' if slicing['full_frame'] else 'off'}")
+        print(describe_slicing(slicing))
     summary = run_detection(
         detector, args.source, out_dir=Path(args.out) if args.out else None, classes=args.classes,
         score_thresh=args.score_thresh, max_det=args.max_det, batch_size=batch_size, show=args.show,
@@ -211,10 +216,15 @@ def run_track(args: argparse.Namespace) -> int:
     from detector.track.run import check_track_options
 
     check_track_options(args.line, args.zone, args.homography)  # one sentence before the model is loaded
+    slicing = slicing_options(args)
     detector = Detector.load(args.checkpoint, device=args.device, runtime=args.runtime, overrides=args.overrides)
     print(f"backbone runtime: {detector.runtime} on {detector.device}")
     batch_size = args.batch_size or (8 if detector.device.type == "cuda" else 1)
-    summary = detector.track(args.source, args.out, args.line, args.zone, args.homography, args.classes, batch_size)
+    if slicing:
+        print(describe_slicing(slicing))
+    summary = detector.track(args.source, args.out, args.line, args.zone, args.homography, args.classes, batch_size,
+                             slicing.get("size"), slicing.get("overlap", DEFAULT_OVERLAP), slicing.get("merge", "nms"),
+                             slicing.get("full_frame", True))
     print(summary.describe())
     return 0
 

@@ -103,6 +103,7 @@ def test_track_command_on_the_dashcam_clip(tiny_checkpoint, shared_data, tmp_pat
     ("--zone", "0,0,10,10", "zone 'zone1' has 2 points; a polygon needs at least 3"),
     ("--zone", "0,0,10,10,10,0,0,10", "zone 'zone1' crosses itself"),
     ("--line", "a,b,c,d", "expected comma-separated pixel coordinates"),
+    ("--overlap", "0.5", "--overlap only apply to sliced inference: add --slice SIZE"),
 ])
 def test_bad_lines_and_zones_are_one_sentence(tiny_checkpoint, tmp_path, capsys, option, value, message):
     clip = _clip(tmp_path / "road.avi")
@@ -110,6 +111,33 @@ def test_bad_lines_and_zones_are_one_sentence(tiny_checkpoint, tmp_path, capsys,
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_track_slices_every_frame_into_tiles(tiny_checkpoint, tmp_path, monkeypatch):
+    """`track --slice 64 --overlap 0.2` feeds the model 3x3 tiles of 64x64 px per 160x120 frame (x from 0, 51, 96; y
+    from 0, 51, 56) plus the whole frame, and its outputs agree; a tile as large as the frame leaves the tracks exactly
+    as without --slice."""
+    from detector.api import Detector
+
+    seen = []
+    predict_batch = Detector.predict_batch
+
+    def recording(self, images, *args, **kwargs):
+        seen.extend(np.asarray(image).shape[:2] for image in images)
+        return predict_batch(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "predict_batch", recording)
+    clip = _clip(tmp_path / "road.avi")
+    common = ["track", str(tiny_checkpoint), str(clip), "--runtime", "torch"]
+    assert main([*common, "--slice", "64", "--overlap", "0.2", "--out", str(tmp_path / "tiles")]) == 0
+    assert seen.count((64, 64)) == 9 * FRAMES and seen.count((HEIGHT, WIDTH)) == FRAMES and len(seen) == 10 * FRAMES
+    _outputs_agree(tmp_path / "tiles", "road.mp4")
+    seen.clear()
+    assert main([*common, "--slice", "1024", "--out", str(tmp_path / "one_tile")]) == 0
+    assert seen == [(HEIGHT, WIDTH)] * FRAMES
+    assert main([*common, "--out", str(tmp_path / "whole")]) == 0
+    frames = {name: json.loads((tmp_path / name / "tracks.json").read_text())["frames"] for name in ("one_tile", "whole")}
+    assert frames["one_tile"] == frames["whole"] and len(frames["whole"]) == FRAMES
 
 
 @pytest.mark.parametrize("content, message", [
