@@ -216,10 +216,10 @@ def plot(report: dict, path: Path) -> Path:
     axes.set_xticks(positions, [c.replace("_", "\n") for c in corruptions], fontsize=8)
     axes.set_ylabel(f"COCO AP, mean of severities, {report['split']} split")
     axes.set_title("AP under corruption (dashed: clean AP)", fontsize=10)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)  # off the bars
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return path
 
