@@ -117,7 +117,9 @@ class DataConfig:
     # KITTI benchmark would not score there (too short, too occluded or truncated; detector/data/kitti.py) become
     # ignore regions. Training always learns from every labelled object.
     kitti_difficulty: str = "all"
-    # Longest image side fed to the model (images are resized keeping their aspect ratio).
+    # Longest image side fed to the model (images are resized keeping their aspect ratio): at inference and
+    # evaluation always; in training unless augment.sizes lists training sizes (Detectron2's MIN_SIZE_TRAIN beside
+    # MIN_SIZE_TEST), so overriding it at inference never changes how a checkpoint was trained.
     max_size: int = 320
     # Synthetic data only: images rendered for train and val, and their size (height, width).
     synthetic_train_images: int = 240
