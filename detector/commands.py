@@ -220,12 +220,11 @@ def run_track(args: argparse.Namespace) -> int:
     detector = Detector.load(args.checkpoint, device=args.device, runtime=args.runtime, overrides=args.overrides)
     print(f"backbone runtime: {detector.runtime} on {detector.device}")
     batch_size = args.batch_size or (8 if detector.device.type == "cuda" else 1)
-    sliced = {}  # Detector.track's slice keywords: slicing_options' with "size" named "slice"
     if slicing:
         print(describe_slicing(slicing))
-        sliced = {"slice": slicing["size"], **{key: slicing[key] for key in ("overlap", "merge", "full_frame")}}
+        slicing["slice"] = slicing.pop("size")  # Detector.track names the tile size `slice`
     summary = detector.track(args.source, args.out, args.line, args.zone, args.homography, args.classes, batch_size,
-                             **sliced)
+                             **slicing)
     print(summary.describe())
     return 0
 
