@@ -442,16 +442,25 @@ COLUMNS = [(m, m, 3) for m in METRICS] + [
 
 
 def curve_summary(rows: list[dict[str, Any]]) -> list[str]:
-    """The AP-against-time answer: minutes of training ours needed to reach the peer's final validation AP."""
+    """The AP-against-time answer, one line per seed of ours: the minutes of training it needed to reach the final
+    validation AP of the peer with the same seed (the peer's first seed when that one did not run)."""
     by_name = {row["name"]: row for row in rows}
-    ours, peer = by_name.get("ours", {}), by_name.get("peer", {})
-    if not (ours.get("curve") and peer.get("curve")):
-        return []
-    target = peer["curve"][-1][1]
-    reached = minutes_to_reach(ours["curve"], target)
-    when = f"after {reached} minutes of training" if reached is not None else "not within its training"
-    return [f"Ours reaches the peer's final validation AP ({target:.3f}, after {peer['curve'][-1][0]:.1f} min) {when} "
-            "(curves.png; snapshots scored after training).", ""]
+    lines = []
+    for name, ours in by_name.items():
+        if not (name == "ours" or name.startswith("ours seed=")) or not ours.get("curve"):
+            continue
+        peer_name = "peer" + name[len("ours"):]
+        peer_name = peer_name if by_name.get(peer_name, {}).get("curve") else "peer"
+        peer = by_name.get(peer_name, {})
+        if not peer.get("curve"):
+            continue
+        target = peer["curve"][-1][1]
+        reached = minutes_to_reach(ours["curve"], target)
+        when = (f"after {reached} minutes of training" if reached is not None
+                else f"not within its {ours['curve'][-1][0]:.1f} minutes (it ends at {ours['curve'][-1][1]:.3f})")
+        lines.append(f"- {name} reaches the final validation AP of {peer_name} ({target:.3f}, after "
+                     f"{peer['curve'][-1][0]:.1f} min) {when}.")
+    return ["AP against training minutes (curves.png; snapshots scored after training):", "", *lines, ""] if lines else []
 
 
 def seed_summary(rows: list[dict[str, Any]]) -> list[str]:
