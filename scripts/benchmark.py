@@ -141,6 +141,14 @@ def seed_rows(rows: list[Row], seeds: list[int]) -> list[Row]:
     return out
 
 
+def seed_suffix(name: str, base: str) -> str | None:
+    """The seed part of a row name made by `seed_rows` ("" for ``base`` itself, " seed=1" for ``base seed=1``), or
+    None when the row is not one of ``base``'s seeds."""
+    if name == base or name.startswith(f"{base} seed="):
+        return name[len(base):]
+    return None
+
+
 def select_rows(spec: str) -> list[Row]:
     """``"ours,peer,ablations"`` -> rows in table order; a group name selects all its rows."""
     wanted = {part.strip() for part in spec.split(",") if part.strip()}
@@ -447,27 +455,29 @@ def curve_summary(rows: list[dict[str, Any]]) -> list[str]:
     by_name = {row["name"]: row for row in rows}
     lines = []
     for name, ours in by_name.items():
-        if not (name == "ours" or name.startswith("ours seed=")) or not ours.get("curve"):
+        suffix = seed_suffix(name, "ours")
+        if suffix is None or not ours.get("curve"):
             continue
-        peer_name = "peer" + name[len("ours"):]
-        peer_name = peer_name if by_name.get(peer_name, {}).get("curve") else "peer"
-        peer = by_name.get(peer_name, {})
-        if not peer.get("curve"):
+        peer_name = next((n for n in (f"peer{suffix}", "peer") if by_name.get(n, {}).get("curve")), None)
+        if peer_name is None:
             continue
-        target = peer["curve"][-1][1]
+        peer_minutes, target = by_name[peer_name]["curve"][-1][:2]
+        ours_minutes, ours_end = ours["curve"][-1][:2]
         reached = minutes_to_reach(ours["curve"], target)
-        when = (f"after {reached} minutes of training" if reached is not None
-                else f"not within its {ours['curve'][-1][0]:.1f} minutes (it ends at {ours['curve'][-1][1]:.3f})")
-        lines.append(f"- {name} reaches the final validation AP of {peer_name} ({target:.3f}, after "
-                     f"{peer['curve'][-1][0]:.1f} min) {when}.")
-    return ["AP against training minutes (curves.png; snapshots scored after training):", "", *lines, ""] if lines else []
+        verdict = (f"reaches it after {reached} minutes of training" if reached is not None
+                   else f"does not reach it in its {ours_minutes:.1f} minutes (it ends at {ours_end:.3f})")
+        lines.append(f"- {name}, against the final validation AP of {peer_name} ({target:.3f} after "
+                     f"{peer_minutes:.1f} min): {verdict}.")
+    if not lines:
+        return []
+    return ["AP against training minutes (curves.png; snapshots scored after training):", "", *lines, ""]
 
 
 def seed_summary(rows: list[dict[str, Any]]) -> list[str]:
     """Mean and spread (sample standard deviation; min-max) of AP / AP50 / AP75 over the seeds of ours and peer."""
     lines = []
     for name in ("ours", "peer"):
-        runs = [r for r in rows if (r["name"] == name or r["name"].startswith(f"{name} seed=")) and r.get("AP") is not None]
+        runs = [r for r in rows if seed_suffix(r["name"], name) is not None and r.get("AP") is not None]
         if len(runs) < 2:
             continue
         cells = []

@@ -149,17 +149,21 @@ def test_minutes_to_reach_interpolates_the_curve(benchmark):
     assert benchmark.minutes_to_reach(curve, 0.20) == 2.5  # from (0 min, AP 0)
     assert benchmark.minutes_to_reach(curve, 0.75) is None
     rows = [{"name": "ours", "curve": curve}, {"name": "peer", "curve": [[20.0, 0.5], [45.0, 0.65]]}]
-    assert benchmark.curve_summary(rows)[2] == ("- ours reaches the final validation AP of peer (0.650, after 45.0 min) "
-                                                "after 12.5 minutes of training.")
+    summary = benchmark.curve_summary(rows)
+    assert summary[2] == ("- ours, against the final validation AP of peer (0.650 after 45.0 min): reaches it "
+                          "after 12.5 minutes of training.")
     # each seed of ours against the peer of its seed, or the peer's first seed when that one did not run
     rows += [{"name": "ours seed=1", "curve": [[5.0, 0.5], [15.0, 0.6]]}, {"name": "ours seed=2", "curve": curve},
-             {"name": "peer seed=2", "curve": [[45.0, 0.8]]}]
-    assert benchmark.curve_summary(rows)[2:6] == [
-        "- ours reaches the final validation AP of peer (0.650, after 45.0 min) after 12.5 minutes of training.",
-        "- ours seed=1 reaches the final validation AP of peer (0.650, after 45.0 min) not within its 15.0 minutes "
-        "(it ends at 0.600).",
-        "- ours seed=2 reaches the final validation AP of peer seed=2 (0.800, after 45.0 min) not within its 15.0 "
-        "minutes (it ends at 0.700).", ""]
+             {"name": "peer seed=2", "curve": [[45.0, 0.8]]}, {"name": "ours seed=30", "curve": curve}]
+    assert benchmark.curve_summary(rows)[3:6] == [
+        "- ours seed=1, against the final validation AP of peer (0.650 after 45.0 min): does not reach it in its 15.0 "
+        "minutes (it ends at 0.600).",
+        "- ours seed=2, against the final validation AP of peer seed=2 (0.800 after 45.0 min): does not reach it in "
+        "its 15.0 minutes (it ends at 0.700).",
+        "- ours seed=30, against the final validation AP of peer (0.650 after 45.0 min): reaches it after 12.5 minutes "
+        "of training."]
+    assert benchmark.seed_suffix("ours seed=3", "ours") == " seed=3" and benchmark.seed_suffix("ours", "ours") == ""
+    assert benchmark.seed_suffix("cascade=0.5/0.6/0.7", "ours") is None
 
 
 def test_a_measured_row_is_kept_unless_rerun(benchmark, monkeypatch):
