@@ -102,6 +102,9 @@ class DataConfig:
     # training like validation's. Empty = no test split.
     test_filter: str = ""
     train_filter: str = ""  # optional: only train on images matching this (e.g. to leave gaps between blocks)
+    # The final fit: once every choice was made on the validation split, train on train + val (as VOC07+12 and KITTI
+    # submissions do). Validation then scores training images: its AP chooses nothing (best.pt is the last weights).
+    train_on_val: bool = False
     # Map source class names to output names (e.g. {Car: car, Van: car}); unlisted names map to themselves.
     class_map: dict[str, str] = field(default_factory=dict)
     # Source class names that become ignore regions (neither positive nor negative).

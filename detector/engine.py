@@ -233,6 +233,9 @@ class Trainer:
                 config.save(self.run_dir / "config.yaml")
         if dist.is_main():
             report_datasets({"train": self.train_set, "val": self.val_set}, self.run_dir)
+            if config.data.train_on_val:
+                print(f"data.train_on_val: the {len(self.val_set.records)} validation images train too (the final "
+                      "fit); their AP is a training figure and chooses nothing", flush=True)
         # a resumed run continues the log after the checkpoint's step: rows of the interrupted tail are dropped
         self.logger = MetricsLogger(self.run_dir, enabled=dist.is_main(),
                                     resume_step=self.step if resume is not None else None)
@@ -435,7 +438,9 @@ class Trainer:
         metrics = {k: round(v, 5) for k, v in output.result.metrics.items() if isinstance(v, float)}
         self.logger.log(self.step, epoch=self.epoch, **metrics, **output.losses)
         ap = metrics.get("AP", float("nan"))
-        if (not math.isnan(ap) and ap > self.best_ap) or not (self.run_dir / "best.pt").exists():
+        # with data.train_on_val the validation images train too: their AP chooses nothing, best.pt is the latest
+        if (not math.isnan(ap) and ap > self.best_ap) or not (self.run_dir / "best.pt").exists() \
+                or self.config.data.train_on_val:
             self.best_ap = ap if not math.isnan(ap) else self.best_ap
             self.save("best.pt", model.state_dict())
         if self.progress:

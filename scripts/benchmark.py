@@ -417,6 +417,8 @@ def run_row(row: Row, config: Config, budget_min: float, split: str = "val") -> 
     print(f"\n=== {row.name}: {' '.join(row.overrides) or 'the config as is'} ===", flush=True)
     summary = train_and_score_peer(config, budget_min) if row.kind == "peer" else train_ours(config)
     summary["split"] = "val"
+    if config.data.train_on_val:
+        summary["note"] = "trained on train + val (data.train_on_val): its val figures are training figures"
     if split != "val":  # the validation figures stay in the row as val_*; the headline is the reported split
         summary.update({f"val_{m}": summary.get(m) for m in METRICS})
         summary.update(score(row.kind, config, summary["weights"], split))
@@ -633,6 +635,9 @@ def _measure_or_reuse(row: Row, args: argparse.Namespace, done: dict[str, dict])
         return {**base, "note": "skipped: cv2.ximgproc is missing (OpenCV contrib; `make selective-search`)"}
     base["split"] = args.split
     config = row_config(args, row)
+    if config.data.train_on_val and (args.split == "val" or args.curve_every_min > 0):
+        raise DetectorError(f"row '{row.name}' trains on the validation split (data.train_on_val), so validation "
+                            "figures would be training figures: score it with --split test and no --curve-every-min")
     key = config_key(row.kind, config)
     kept = done.get(row.name)
     if not args.rerun and kept and kept.get("key") == key and "AP" in kept and kept.get("split", "val") == args.split \

@@ -7,7 +7,7 @@ import torch
 
 from conftest import script_module
 from detector.config import apply_overrides, load_config
-from detector.structures import Detections
+from detector.structures import Detections, DetectorError
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +182,19 @@ def test_a_measured_row_is_kept_unless_rerun(benchmark, monkeypatch):
         other = benchmark.parse_args(["--config", "configs/demo.yaml", "--budget-min", "2", *changed])
         benchmark._measure_or_reuse(ours, other, done)
     assert measured == ["ours", "ours seed=1", "ours", "ours", "ours"]
+
+
+def test_a_final_fit_is_scored_on_test_only(benchmark, monkeypatch):
+    """data.train_on_val trains on the validation split: a validation score or curve of it would be a training
+    figure, so the benchmark refuses both and scores it on test."""
+    monkeypatch.setattr(benchmark, "run_row", lambda row, config, budget, split: {"AP": 0.5, "split": split})
+    (ours,) = benchmark.select_rows("ours")
+    for extra in (["--split", "val"], ["--split", "test", "--curve-every-min", "5"]):
+        args = benchmark.parse_args(["--config", "configs/demo.yaml", "--set", "data.train_on_val=true", *extra])
+        with pytest.raises(DetectorError, match="data.train_on_val"):
+            benchmark._measure_or_reuse(ours, args, {})
+    args = benchmark.parse_args(["--config", "configs/demo.yaml", "--set", "data.train_on_val=true", "--split", "test"])
+    assert benchmark._measure_or_reuse(ours, args, {})["split"] == "test"
 
 
 def test_the_row_identity_ignores_options_left_at_their_default(benchmark):

@@ -3,7 +3,8 @@
 Splits are by contiguous blocks chosen with regular expressions on image file names (`data.val_filter`,
 `data.test_filter`, and `data.train_filter` to leave gaps between blocks), never at random: neighbouring video
 frames are near-duplicates and a random split leaks them into validation. `detector.data.splits` checks that no
-image of one split nearly duplicates an image of another.
+image of one split nearly duplicates an image of another. `data.train_on_val` is the final fit: after every choice
+was made on validation, the validation block trains too (the test block never does).
 """
 
 from __future__ import annotations
@@ -68,16 +69,25 @@ def render_synthetic(data: DataConfig, seed: int) -> tuple[Path, Path]:
 SPLITS = ("train", "val", "test")
 
 
+def _joined(first: Dataset, second: Dataset) -> Dataset:
+    """The records of both datasets as one (the first's classes and root; image paths are absolute). Image ids stay
+    unique: where the two sources number their images alike (two COCO files), the second's are shifted."""
+    ids = {record.image_id for record in first.records}
+    shift = max(ids, default=0) if any(record.image_id in ids for record in second.records) else 0
+    return replace(first, records=[*first.records, *(replace(r, image_id=r.image_id + shift) for r in second.records)])
+
+
 def _read_splits(config: Config) -> dict[str, Dataset]:
     """All splits the config defines: train, val and (with data.test_filter) test."""
     data, class_names = config.data, list(config.model.class_names)
     if data.format == "synthetic":
         train_file, val_file = render_synthetic(data, config.train.seed)
         coco = replace(data, format="coco")
-        return {"train": read_split(coco, str(train_file), class_names), "val": read_split(coco, str(val_file), class_names)}
+        train, val = read_split(coco, str(train_file), class_names), read_split(coco, str(val_file), class_names)
+        return {"train": _joined(train, val) if data.train_on_val else train, "val": val}
     # KITTI's difficulty levels say which objects the benchmark scores: validation and test only. Training learns
     # from every labelled object (a short or truncated car is still a car, not background or an ignore region).
-    train = read_split(replace(data, kitti_difficulty="all"), data.train_path, class_names)
+    train = labelled = read_split(replace(data, kitti_difficulty="all"), data.train_path, class_names)
     scored = train if data.kitti_difficulty == "all" else read_split(data, data.train_path, class_names)
     filters = {"val": data.val_filter, "test": data.test_filter, "train": data.train_filter}
     if data.format == "yolo" and not data.val_filter:  # an Ultralytics data.yaml's train: / val: / test: folders
@@ -102,6 +112,10 @@ def _read_splits(config: Config) -> dict[str, Dataset]:
         train = filter_records(train, filters["test"], False, "data.test_filter")
     if filters["train"]:
         train = filter_records(train, filters["train"], True, "data.train_filter")
+    if data.train_on_val:  # the final fit: the validation block joins training with every label (all KITTI levels)
+        val_labels = (filter_records(labelled, filters["val"], True, "data.val_filter") if filters["val"]
+                      else read_split(replace(data, kitti_difficulty="all"), data.val_path, class_names))
+        train = _joined(train, val_labels)
     splits["train"] = train
     return splits
 

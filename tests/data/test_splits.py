@@ -90,3 +90,29 @@ def test_a_test_split_must_be_configured():
         build_split(config, "test")
     with pytest.raises(DetectorError, match="split 'dev' is unknown"):
         build_split(config, "dev")
+
+
+@pytest.mark.slow
+def test_train_on_val_adds_the_validation_block_and_never_the_test_block(shared_data):
+    """The final fit: train = the 747 training images + the 157 validation ones (3502 + 595 boxes); test stays out."""
+    config = _config("drone_cars.yaml", shared_data, "drone_cars")
+    config.data.train_on_val = True
+    train, val = build_datasets(config)
+    test = build_split(config, "test")
+    assert (len(train.records), len(val.records), len(test.records)) == (904, 157, 111)
+    assert sum(len(r.boxes) for r in train.records) == 4097
+    names = {r.image_path.name for r in train.records}
+    assert {r.image_path.name for r in val.records} <= names and not names & {r.image_path.name for r in test.records}
+    assert len({r.image_id for r in train.records}) == 904
+
+
+def test_joined_datasets_keep_image_ids_unique():
+    """Two COCO files both number their images from 1: the second's ids are shifted past the first's."""
+    from detector.data.build import _joined
+
+    def dataset(ids):
+        records = [ImageRecord(Path(f"/x/{i}.jpg"), 8, 8, np.zeros((0, 4)), np.zeros(0), i) for i in ids]
+        return Dataset(["car"], records)
+
+    assert [r.image_id for r in _joined(dataset([1, 2, 3]), dataset([1, 2])).records] == [1, 2, 3, 4, 5]
+    assert [r.image_id for r in _joined(dataset([1, 2]), dataset([7, 9])).records] == [1, 2, 7, 9]
