@@ -63,6 +63,9 @@ def run_eval(args: argparse.Namespace) -> int:
         dataset = filter_records(dataset, pattern, True, key)
         if not dataset.records:
             raise DetectorError(f"--split {args.split}: {key} '{pattern}' matches no image of {args.dataset}")
+        if args.split == "val" and config.data.train_on_val:
+            print("note: this checkpoint trained on the validation block too (data.train_on_val, the final fit): "
+                  "these are training figures; --split test is its held-out score", flush=True)
     if args.filter:
         dataset = filter_records(dataset, args.filter, True, "--filter")
         if not dataset.records:

@@ -176,7 +176,7 @@ def limit_images(config: Config, max_images: int) -> None:
         return
     if not config.data.val_filter:
         raise DetectorError("--max-images needs a config whose validation split is chosen by data.val_filter")
-    train, val = build_datasets(config)
+    train, val = build_split(config, "train"), build_split(config, "val")  # the blocks, whatever trains
     exact = lambda names: "^(" + "|".join(re.escape(name) for name in names) + ")$"
     config.data.val_filter = exact(_evenly_spaced(val, max_images))
     config.data.train_filter = exact(_evenly_spaced(train, max_images))

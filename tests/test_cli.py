@@ -271,6 +271,12 @@ def test_eval_split_uses_the_checkpoint_config_blocks(tiny_checkpoint, tmp_path)
     assert result.returncode == 0, result.stderr
     # the synthetic images 000000 and 000001 are COCO ids 1 and 2: nothing else was evaluated
     assert {d["image_id"] for d in json.loads((out / "detections.json").read_text())} <= {1, 2}
+    assert "training figures" not in result.stdout
+    # a final fit (data.train_on_val) trained on the val block: its val score says it is a training figure
+    fit = run("eval", str(tiny_checkpoint), str(val), "--format", "coco", "--split", "val", "--out",
+              str(tmp_path / "fit"), r"data.val_filter=^00000[01]\.", "data.train_on_val=true")
+    assert fit.returncode == 0, fit.stderr
+    assert "these are training figures; --split test is its held-out score" in fit.stdout
 
 
 def test_bad_cli_numbers_are_one_sentence(tiny_checkpoint, tmp_path, capsys):

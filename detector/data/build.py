@@ -78,13 +78,14 @@ def _joined(first: Dataset, second: Dataset) -> Dataset:
 
 
 def _read_splits(config: Config) -> dict[str, Dataset]:
-    """All splits the config defines: train, val and (with data.test_filter) test."""
+    """All splits the config defines: train, val and (with data.test_filter) test, each its own block; with
+    data.train_on_val also "fit", the train and val blocks together, which is what trains."""
     data, class_names = config.data, list(config.model.class_names)
     if data.format == "synthetic":
         train_file, val_file = render_synthetic(data, config.train.seed)
         coco = replace(data, format="coco")
         train, val = read_split(coco, str(train_file), class_names), read_split(coco, str(val_file), class_names)
-        return {"train": _joined(train, val) if data.train_on_val else train, "val": val}
+        return {"train": train, "val": val, **({"fit": _joined(train, val)} if data.train_on_val else {})}
     # KITTI's difficulty levels say which objects the benchmark scores: validation and test only. Training learns
     # from every labelled object (a short or truncated car is still a car, not background or an ignore region).
     train = labelled = read_split(replace(data, kitti_difficulty="all"), data.train_path, class_names)
@@ -112,11 +113,11 @@ def _read_splits(config: Config) -> dict[str, Dataset]:
         train = filter_records(train, filters["test"], False, "data.test_filter")
     if filters["train"]:
         train = filter_records(train, filters["train"], True, "data.train_filter")
+    splits["train"] = train
     if data.train_on_val:  # the final fit: the validation block joins training with every label (all KITTI levels)
         val_labels = (filter_records(labelled, filters["val"], True, "data.val_filter") if filters["val"]
                       else read_split(replace(data, kitti_difficulty="all"), data.val_path, class_names))
-        train = _joined(train, val_labels)
-    splits["train"] = train
+        splits["fit"] = _joined(train, val_labels)
     return splits
 
 
@@ -134,10 +135,11 @@ def build_split(config: Config, split: str) -> Dataset:
 
 
 def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
-    """(train, val) datasets for `config`; class names follow `model.class_names`. Images of the test split
-    (data.test_filter) are in neither."""
+    """(training set, validation split) for `config`; class names follow `model.class_names`. The training set is
+    the train block, or with data.train_on_val (the final fit) the train and val blocks together. Images of the test
+    split (data.test_filter) are in neither."""
     splits = _read_splits(config)
     for name, label in (("train", "train"), ("val", "validation")):
         if not splits[name].records:
             raise DetectorError(f"the {label} split is empty; check data.train_path, data.val_path and the filters")
-    return splits["train"], splits["val"]
+    return splits.get("fit", splits["train"]), splits["val"]

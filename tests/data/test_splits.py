@@ -32,8 +32,9 @@ def test_split_counts_are_pinned_and_disjoint(shared_data, name, folder, images,
     assert {s: sum(len(r.boxes) for r in d.records) for s, d in splits.items()} == boxes
     names = {s: {r.image_path.name for r in d.records} for s, d in splits.items()}
     assert not (names["train"] & names["val"]) and not (names["train"] & names["test"]) and not (names["val"] & names["test"])
-    train, val = build_datasets(config)
-    assert {r.image_path.name for r in train.records} == names["train"] and {r.image_path.name for r in val.records} == names["val"]
+    train, val = build_datasets(config)  # what trains: the train block, with the val block in a final fit
+    fit = names["train"] | (names["val"] if config.data.train_on_val else set())
+    assert {r.image_path.name for r in train.records} == fit and {r.image_path.name for r in val.records} == names["val"]
 
 
 def test_drone_split_leaves_20_frame_gaps_between_drone2_blocks(shared_data):
@@ -94,12 +95,16 @@ def test_a_test_split_must_be_configured():
 
 @pytest.mark.slow
 def test_train_on_val_adds_the_validation_block_and_never_the_test_block(shared_data):
-    """The final fit: train = the 747 training images + the 157 validation ones (3502 + 595 boxes); test stays out."""
+    """The final fit (configs/drone_cars.yaml ships it): the 747 images of the train block + the 157 of the val block
+    (3502 + 595 boxes) train; the test block stays out, and the blocks themselves are unchanged."""
     config = _config("drone_cars.yaml", shared_data, "drone_cars")
-    config.data.train_on_val = True
+    assert config.data.train_on_val
     train, val = build_datasets(config)
     test = build_split(config, "test")
     assert (len(train.records), len(val.records), len(test.records)) == (904, 157, 111)
+    assert len(build_split(config, "train").records) == 747
+    config.data.train_on_val = False
+    assert len(build_datasets(config)[0].records) == 747
     assert sum(len(r.boxes) for r in train.records) == 4097
     names = {r.image_path.name for r in train.records}
     assert {r.image_path.name for r in val.records} <= names and not names & {r.image_path.name for r in test.records}
