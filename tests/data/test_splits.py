@@ -34,7 +34,8 @@ def test_split_counts_are_pinned_and_disjoint(shared_data, name, folder, images,
     assert not (names["train"] & names["val"]) and not (names["train"] & names["test"]) and not (names["val"] & names["test"])
     train, val = build_datasets(config)  # what trains: the train block, with the val block in a final fit
     fit = names["train"] | (names["val"] if config.data.train_on_val else set())
-    assert {r.image_path.name for r in train.records} == fit and {r.image_path.name for r in val.records} == names["val"]
+    assert {r.image_path.name for r in train.records} == fit
+    assert {r.image_path.name for r in val.records} == names["val"]
 
 
 def test_drone_split_leaves_20_frame_gaps_between_drone2_blocks(shared_data):
