@@ -62,7 +62,7 @@ def test_the_check_finds_the_drone_leak_of_the_old_split(shared_data):
     street again, 52 pairs of frames across it correlate at 0.9 or more, the highest at 0.99."""
     config = _config("drone_cars.yaml", shared_data, "drone_cars")
     config.data.val_filter, config.data.test_filter, config.data.train_filter = r"^Drone2_\((4[89]\d|5\d\d)\)", "", "^Drone2"
-    train, val = build_datasets(config)
+    train, val = build_split(config, "train"), build_split(config, "val")
     _, pairs = cross_split_correlation({"train": train, "val": val})
     assert len(pairs) == 52 and pairs[0].correlation > 0.99
 
