@@ -103,13 +103,13 @@ def test_train_on_val_adds_the_validation_block_and_never_the_test_block(shared_
     train, val = build_datasets(config)
     test = build_split(config, "test")
     assert (len(train.records), len(val.records), len(test.records)) == (904, 157, 111)
-    assert len(build_split(config, "train").records) == 747
-    config.data.train_on_val = False
-    assert len(build_datasets(config)[0].records) == 747
     assert sum(len(r.boxes) for r in train.records) == 4097
     names = {r.image_path.name for r in train.records}
     assert {r.image_path.name for r in val.records} <= names and not names & {r.image_path.name for r in test.records}
     assert len({r.image_id for r in train.records}) == 904
+    assert len(build_split(config, "train").records) == 747  # the train block itself is unchanged
+    config.data.train_on_val = False
+    assert len(build_datasets(config)[0].records) == 747
 
 
 def test_joined_datasets_keep_image_ids_unique():
