@@ -17,6 +17,22 @@ from detector.structures import Targets
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+# torch's process-wide settings at start-up. A test that trains in-process (the Trainer sets the thread count and
+# deterministic mode, as a CLI run should) would otherwise change the numerics of every test after it: a 200-step
+# overfit test lands elsewhere on one thread than on two. Recorded at import, before any session fixture trains.
+TORCH_DEFAULTS = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                  torch.is_deterministic_algorithms_warn_only_enabled())
+
+
+@pytest.fixture(autouse=True)
+def torch_global_state():
+    """After each test, torch's thread count and deterministic mode are back at their start-up values."""
+    yield
+    threads, deterministic, warn_only = TORCH_DEFAULTS
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real datasets in ../shared/data: skipped when absent, but a failure when CI is set."""
