@@ -202,6 +202,8 @@ class Trainer:
         if dist.is_main():
             dist.barrier()
         self.model = build_detector(config, pretrained=resume is None).to(self.device)
+        if config.train.channels_last:  # before the optimizer, EMA and DDP take the weights as they are
+            self.model.to(memory_format=torch.channels_last)
         if dist.is_distributed() and config.train.sync_bn:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, config.train)

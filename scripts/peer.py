@@ -3,9 +3,10 @@
 Everything that is not the detector design under test is shared with ours, so the comparison measures the
 detector and not the plumbing: the same `detector.backbone.build_backbone` (EfficientNet-Lite0, frozen stages,
 frozen BN), the same datasets, augmentations, input size, batch order, SGD schedule (`detector.optim`),
-gradient clipping and wall-clock budget rule, and the same `detector.evaluation.COCOEvaluator` on the same
-validation images. The rest is torchvision's: its RPN and ROI heads with their defaults, a TwoMLPHead and
-RoIAlign 7x7 on the single stride-16 map, anchors of the config's sizes and ratios on that one level.
+gradient clipping, memory layout (`train.channels_last`) and wall-clock budget rule, and the same
+`detector.evaluation.COCOEvaluator` on the same validation images. The rest is torchvision's: its RPN and ROI heads
+with their defaults, a TwoMLPHead and RoIAlign 7x7 on the single stride-16 map, anchors of the config's sizes and
+ratios on that one level.
 
 Input size. torchvision's `GeneralizedRCNNTransform` rescales every image by
 ``min(min_size / shorter_side, max_size / longer_side)``. Our transforms already resize the longer side to
@@ -281,6 +282,8 @@ def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Datas
     device = resolve_device(train.device)
     train_set, _ = datasets or build_datasets(config)
     model = peer_from_config(config).to(device)
+    if train.channels_last:  # NHWC convolution weights, as engine.Trainer gives ours
+        model.to(memory_format=torch.channels_last)
     _check_no_resize(model, config.data.max_size)
     data = DetectionDataset(train_set, build_transform(config.augment, config.data.max_size, train=True), seed=train.seed)
     sampler = EpochSampler(len(data), True, train.seed)

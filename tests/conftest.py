@@ -92,6 +92,7 @@ def tiny_run_overrides(root: Path, **extra: object) -> list[str]:
         "train.log_every": 1,
         "train.threads": 1,
         "train.deterministic": "true",
+        "train.channels_last": "true",  # as the shipped configs train (resume and DDP tests run with it)
         **extra,
     }
     return [f"{key}={value}" for key, value in values.items()]

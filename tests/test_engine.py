@@ -115,6 +115,33 @@ def test_a_resumed_run_keeps_counting_its_time_budget(tmp_path):
     assert Trainer(config, resume=run / "last.pt", progress=False).budget_fraction() < 0.01
 
 
+def test_channels_last_training_is_the_same_maths(tmp_path):
+    """train.channels_last stores every convolution weight in NHWC, and a training step on the same
+    batch gives the same losses and gradients as the contiguous model, up to float rounding."""
+    trainers = {}
+    for layout in ("true", "false"):
+        config = load_config(None, tiny_run_overrides(tmp_path / layout, **{"train.channels_last": layout}))
+        trainers[layout] = Trainer(config, run_dir=tmp_path / layout, progress=False)
+    convs = {layout: [p for p in t.model.parameters() if p.dim() == 4] for layout, t in trainers.items()}
+    assert convs["true"] and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs["true"])
+    assert all(p.is_contiguous() for p in convs["false"])  # 1x1 kernels have the same strides in both layouts:
+    assert not all(p.is_contiguous() for p in convs["true"])  # the 3x3 ones tell them apart
+    batch = next(iter(trainers["false"].loader))
+    losses = {}
+    for layout, trainer in trainers.items():
+        torch.manual_seed(0)  # the same proposal and ROI sampling in both
+        losses[layout] = trainer._forward_losses(batch)
+        sum(losses[layout].values()).backward()
+    assert losses["true"].keys() == losses["false"].keys()
+    for key, value in losses["false"].items():
+        assert float(losses["true"][key]) == pytest.approx(float(value), rel=1e-4, abs=1e-6), key
+    grads = {layout: [p.grad for p in params if p.grad is not None] for layout, params in convs.items()}
+    assert len(grads["true"]) == len(grads["false"]) > 0
+    assert all(g.is_contiguous(memory_format=torch.channels_last) for g in grads["true"])
+    for nhwc, nchw in zip(grads["true"], grads["false"]):
+        torch.testing.assert_close(nhwc, nchw, rtol=1e-3, atol=1e-6 * float(nchw.abs().max()))
+
+
 @pytest.mark.slow
 def test_snapshots_every_n_training_minutes_load_as_checkpoints(tmp_path, monkeypatch):
     """train.snapshot_every_min: one snapshot at each minute mark the training clock passes, named by the mark, so

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from conftest import script_module
+from conftest import SCRIPTS, script_module, tiny_run_overrides
 from detector.config import apply_overrides, load_config
 from detector.structures import Detections, DetectorError
+
+
+CONFIGS = SCRIPTS.parent / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +212,21 @@ def test_the_row_identity_ignores_options_left_at_their_default(benchmark):
     assert benchmark.config_key("ours", apply_overrides(base, ["augment.weather=0.5"])) != key
     assert benchmark.config_key("ours", apply_overrides(base, ["train.seed=1"])) != key
     assert benchmark.config_key("peer", base) != key
+
+
+def test_train_step_benchmark_times_both_models_in_both_layouts(peer, tmp_path, monkeypatch):
+    """scripts/bench_train_step.py on tiny synthetic scenes: four variants, every timed step recorded, one speedup
+    per model, and an existing --json is never overwritten."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "step.json"
+    sets = [arg for override in tiny_run_overrides(tmp_path) for arg in ("--set", override)]
+    with script_module("bench_train_step") as bench:
+        bench.main(["--config", str(CONFIGS / "demo.yaml"), "--steps", "2",
+                    "--warmup", "1", "--threads", "1", "--json", str(out), *sets])
+        figures = json.loads(out.read_text())
+        assert set(figures["seconds"]) == {"ours, channels_last", "ours, contiguous", "peer, channels_last",
+                                           "peer, contiguous"}
+        assert all(len(runs) == 2 and min(runs) > 0 for runs in figures["seconds"].values())
+        assert set(figures["speedup"]) == {"ours", "peer"} and all(v > 0 for v in figures["speedup"].values())
+        with pytest.raises(SystemExit, match="exists"):
+            bench.main(["--config", str(CONFIGS / "demo.yaml"), "--json", str(out)])
