@@ -12,21 +12,20 @@ reported, after warmup. The data loader is not timed: this is the model's step, 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torchvision
 
 import peer
+from bench_inference import machine_info
 from detector.config import Config, load_config
 from detector.engine import Trainer
 from detector.optim import build_optimizer, build_scheduler
@@ -36,14 +35,12 @@ LAYOUTS = {"channels_last": "true", "contiguous": "false"}  # name -> train.chan
 
 
 def peer_stepper(config: Config) -> Callable[[object], None]:
-    """One training step of the peer as `peer.train_peer` takes it (its model built and laid out the same way)."""
+    """One training step of the peer as `peer.train_peer` takes it (the same model, optimizer and clipping)."""
     torch.manual_seed(config.train.seed)
-    model = peer.peer_from_config(config).train()
-    if config.train.channels_last:
-        model.to(memory_format=torch.channels_last)
+    device = torch.device("cpu")
+    model = peer.model_to_train(config, device).train()
     optimizer = build_optimizer(model, config.train)
     scheduler = build_scheduler(optimizer, config.train, 10_000)
-    device = torch.device("cpu")
 
     def step(batch: object) -> None:
         peer._step(model, batch, device, 1)
@@ -76,17 +73,6 @@ def time_steps(steppers: dict[str, Callable], batches: list, warmup: int) -> dic
     return seconds
 
 
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (or platform's guess)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="YAML config, e.g. configs/drone_cars.yaml")
@@ -97,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="config override for both trainers")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file (refuses to overwrite)")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.threads < 1:
+        sys.exit(f"error: --steps must be at least 1, --warmup at least 0 and --threads at least 1 (got "
+                 f"{args.steps}, {args.warmup} and {args.threads})")
     if args.json is not None and args.json.exists():
         sys.exit(f"error: --json {args.json} exists; choose a new file")
     overrides = [*args.overrides, f"train.threads={args.threads}"]
@@ -105,9 +94,9 @@ def main(argv: list[str] | None = None) -> None:
             steppers, trainer = build_steppers(args.config, overrides, Path(root))
         except DetectorError as error:
             sys.exit(f"error: {error}")
-        batches, loader = [], iter(trainer.loader)
-        for _ in range(args.warmup + args.steps):
-            batches.append(next(loader))
+        # as many batches as asked for, going round the training set again if it is smaller
+        batches = list(itertools.islice(itertools.chain.from_iterable(itertools.repeat(trainer.loader)),
+                                        args.warmup + args.steps))
         print(f"{args.config}: {len(batches)} batches of {trainer.config.train.batch_size} images, "
               f"{args.threads} threads, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
         seconds = time_steps(steppers, batches, args.warmup)
@@ -121,12 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "command": " ".join(["python", "scripts/bench_train_step.py", *(sys.argv[1:] if argv is None else argv)]),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                         "python": platform.python_version()},
-            "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "threads": args.threads,
-                        "load_average": os.getloadavg()},
+            **machine_info(),  # cpu, cores, load, versions, date, command: as scripts/bench_inference.py records them
+            "threads": args.threads,
             "workload": {"config": str(args.config), "overrides": args.overrides, "steps": args.steps,
                          "warmup": args.warmup},
             "seconds": {name: [round(s, 4) for s in runs] for name, runs in seconds.items()},

@@ -269,6 +269,16 @@ def _optimizer_step(model: FasterRCNN, optimizer: torch.optim.Optimizer, schedul
     scheduler.step()
 
 
+def model_to_train(config: Config, device: torch.device) -> FasterRCNN:
+    """The peer as `train_peer` trains it: ImageNet weights on ``device``, NHWC convolution weights with
+    `train.channels_last` (as `engine.Trainer` gives ours), and no second resize of the inputs."""
+    model = peer_from_config(config).to(device)
+    if config.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    _check_no_resize(model, config.data.max_size)
+    return model
+
+
 def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Dataset] | None = None,
                progress: bool = True, snapshot_dir: Path | None = None) -> PeerRun:
     """Train the peer like `detector.engine.Trainer` trains ours: same data, augmentation, batch order,
@@ -281,10 +291,7 @@ def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Datas
     seed_everything(train.seed, train.deterministic)
     device = resolve_device(train.device)
     train_set, _ = datasets or build_datasets(config)
-    model = peer_from_config(config).to(device)
-    if train.channels_last:  # NHWC convolution weights, as engine.Trainer gives ours
-        model.to(memory_format=torch.channels_last)
-    _check_no_resize(model, config.data.max_size)
+    model = model_to_train(config, device)
     data = DetectionDataset(train_set, build_transform(config.augment, config.data.max_size, train=True), seed=train.seed)
     sampler = EpochSampler(len(data), True, train.seed)
     loader = build_loader(data, train.batch_size, False, config.data.num_workers, train.seed, sampler=sampler)

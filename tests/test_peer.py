@@ -215,18 +215,22 @@ def test_the_row_identity_ignores_options_left_at_their_default(benchmark):
 
 
 def test_train_step_benchmark_times_both_models_in_both_layouts(peer, tmp_path, monkeypatch):
-    """scripts/bench_train_step.py on tiny synthetic scenes: four variants, every timed step recorded, one speedup
-    per model, and an existing --json is never overwritten."""
+    """scripts/bench_train_step.py on tiny synthetic scenes: four variants, every timed step recorded (6 batches from
+    a training set of 4, so it goes round again), one speedup per model; bad counts and an existing --json are
+    refused with one sentence."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "step.json"
     sets = [arg for override in tiny_run_overrides(tmp_path) for arg in ("--set", override)]
     with script_module("bench_train_step") as bench:
-        bench.main(["--config", str(CONFIGS / "demo.yaml"), "--steps", "2",
+        with pytest.raises(SystemExit, match="--steps must be at least 1"):
+            bench.main(["--config", str(CONFIGS / "demo.yaml"), "--steps", "0", *sets])
+        bench.main(["--config", str(CONFIGS / "demo.yaml"), "--steps", "5",
                     "--warmup", "1", "--threads", "1", "--json", str(out), *sets])
         figures = json.loads(out.read_text())
         assert set(figures["seconds"]) == {"ours, channels_last", "ours, contiguous", "peer, channels_last",
                                            "peer, contiguous"}
-        assert all(len(runs) == 2 and min(runs) > 0 for runs in figures["seconds"].values())
+        assert all(len(runs) == 5 and min(runs) > 0 for runs in figures["seconds"].values())
+        assert figures["threads"] == 1 and figures["versions"]["torch"] == torch.__version__
         assert set(figures["speedup"]) == {"ours", "peer"} and all(v > 0 for v in figures["speedup"].values())
         with pytest.raises(SystemExit, match="exists"):
             bench.main(["--config", str(CONFIGS / "demo.yaml"), "--json", str(out)])
