@@ -237,6 +237,7 @@ class TrackConfig:
     low_match_iou: float = 0.5  # ... with a low-score detection
     tentative_match_iou: float = 0.3  # ... for a track seen once, to be confirmed
     max_lost: int = 30  # frames a track may go unseen and keep its ID
+    min_box_area: float = 0.0  # square pixels (in the frame) a detection needs to start a track; 0: no floor
     trail: int = 30  # positions drawn behind each car
     speed_window_s: float = 1.0  # speed = ground distance over this many seconds (with --homography)
     line_tolerance: float = 2.0  # pixels from a counting line within which a car keeps its side
@@ -410,7 +411,8 @@ _RANGES = {
     **{key: _NON_NEGATIVE for key in (
         "train.weight_decay", "train.clip_grad_norm", "train.time_budget_min", "model.box_loss_weight",
         "model.freeze_stages", "model.roi_sampling_ratio", "train.warmup_iters", "train.eval_every", "train.seed",
-        "train.threads", "data.num_workers", "track.max_lost", "track.trail", "track.line_tolerance")},
+        "train.threads", "data.num_workers", "track.max_lost", "track.trail", "track.line_tolerance",
+        "track.min_box_area")},
     "track.speed_window_s": _POSITIVE,
     **{key: _AT_LEAST_1 for key in (
         "model.fpn_channels", "model.selective_search_max", "model.rpn_pre_nms_top_n_train",

@@ -89,13 +89,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+
+
+@contextlib.contextmanager
+def torch_settings(threads: int, deterministic: bool) -> Iterator[None]:
+    """torch's process-wide settings for a training block: ``threads`` intra-op threads (0 leaves them) and, with
+    ``deterministic``, deterministic algorithms (warn only) without cuDNN autotuning. The caller's settings come back
+    afterwards, so a notebook or script that trains keeps its own thread count and modes."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.backends.cudnn.benchmark = saved[3]
 
 
 @dataclass
@@ -191,11 +208,18 @@ class Trainer:
     def __init__(self, config: Config, run_dir: Path | None = None, resume: Path | None = None,
                  progress: bool = True) -> None:
         self.config, self.progress = config, progress
+        with self.torch_settings():
+            self._build(run_dir, resume)
+
+    def torch_settings(self) -> contextlib.AbstractContextManager[None]:
+        """`train.threads` and `train.deterministic` while this trainer builds and trains, the caller's after."""
+        return torch_settings(self.config.train.threads, self.config.train.deterministic)
+
+    def _build(self, run_dir: Path | None, resume: Path | None) -> None:
+        config = self.config
         dist.init_from_env()
         self.device = resolve_device(config.train.device)
-        if config.train.threads:
-            torch.set_num_threads(config.train.threads)
-        seed_everything(config.train.seed, config.train.deterministic)
+        seed_everything(config.train.seed)
         if not dist.is_main():
             dist.barrier()  # rank 0 renders synthetic scenes first; the others then read them
         self.train_set, self.val_set = build_datasets(config)
@@ -300,7 +324,7 @@ class Trainer:
         """Train to `train.epochs`; returns the run folder."""
         train = self.config.train
         self.started = time.monotonic()
-        with self._catch_signals():
+        with self._catch_signals(), self.torch_settings():
             while self.epoch < train.epochs:
                 over_budget = not self.train_one_epoch()
                 if not over_budget:

@@ -46,6 +46,7 @@ from detector.engine import (
     EpochSampler,
     EvalOutput,
     seed_everything,
+    torch_settings,
 )
 from detector.distributed import resolve_device
 from detector.runtime import onnx_backbone
@@ -285,10 +286,14 @@ def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Datas
     optimizer, schedule and clipping; with ``budget_min`` (0 = none) training stops when the wall clock
     runs out and the learning rate anneals with the clock, as `train.time_budget_min` does for ours. With
     `train.snapshot_every_min` and ``snapshot_dir``, the weights are saved every that many minutes, as ours'."""
+    with torch_settings(config.train.threads, config.train.deterministic):
+        return _train_peer(config, budget_min, datasets, progress, snapshot_dir)
+
+
+def _train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Dataset] | None, progress: bool,
+                snapshot_dir: Path | None) -> PeerRun:
     train = config.train
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    seed_everything(train.seed, train.deterministic)
+    seed_everything(train.seed)
     device = resolve_device(train.device)
     train_set, _ = datasets or build_datasets(config)
     model = model_to_train(config, device)

@@ -36,7 +36,7 @@ from detector.data.synthetic import render_video
 from detector.runs import json_safe, prepare_out_dir
 from detector.structures import Detections, DetectorError
 from detector.track.counting import CountEvent, LineCounter, bottom_centre
-from detector.track.metrics import evaluate_tracks
+from detector.track.metrics import direction_count_error, evaluate_tracks
 from detector.track.mot import MotBox, read_mot
 from detector.track.run import run_tracking
 from detector.video import run_detection
@@ -112,6 +112,8 @@ def track_row(predictor, video: Path, sidecar: dict, line_text: str, line: tuple
     total_true = truth["left"] + truth["right"]
     metrics.update({"counts": {"left": got["left"], "right": got["right"]}, "true_counts": truth,
                     "count_error": (got["total"] - total_true) / total_true if total_true else float(got["total"]),
+                    "count_error_by_direction": direction_count_error((got["left"], got["right"]),
+                                                                      (truth["left"], truth["right"])),
                     "tracker_ms_per_frame": 1000 * summary.tracker_seconds / max(summary.frames, 1),
                     "model_ms_per_frame": 1000 * summary.model_seconds / max(summary.frames, 1)})
     return metrics
@@ -162,14 +164,17 @@ def tracking_rows(rows: list[str], detector: Detector | None, frames: int, work:
 
 def results_table(rows: dict[str, dict]) -> list[str]:
     lines = ["| row | MOTA | IDF1 | HOTA | ID switches (across a gap) | fragmentations | counts (left/right) | true | "
-             "count error |", "|---|---:|---:|---:|---:|---:|---|---|---:|"]
+             "count error, total | by direction |", "|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
     for name, row in rows.items():
         if "MOTA" in row:
+            got, true = row["counts"], row["true_counts"]
+            # computed from the counts, so results.json files written before this column get it too
+            by_direction = direction_count_error((got["left"], got["right"]), (true["left"], true["right"]))
             lines.append(f"| {name} | {row['MOTA']:.3f} | {row['IDF1']:.3f} | {row['HOTA']:.3f} | "
                          f"{row['ID switches']:.0f} ({row['ID switches across a gap']:.0f}) | "
-                         f"{row['fragmentations']:.0f} | {row['counts']['left']}/{row['counts']['right']} | "
-                         f"{row['true_counts']['left']}/{row['true_counts']['right']} | "
-                         f"{100 * row['count_error']:+.1f}% |")
+                         f"{row['fragmentations']:.0f} | {got['left']}/{got['right']} | "
+                         f"{true['left']}/{true['right']} | "
+                         f"{100 * row['count_error']:+.1f}% | {100 * by_direction:.1f}% |")
     scored = {name: row["min_height"] for name, row in rows.items() if "min_height" in row}
     if scored:
         px = next(iter(scored.values()))["px"]

@@ -88,9 +88,18 @@ def test_torchrun_two_ranks_stay_identical(tmp_path):
     assert not (tmp_path / "runs" / "ddp-2").exists(), "only rank 0 creates the run folder"
 
 
-def test_runs_never_overwrite_and_write_outputs(tmp_path):
+def test_runs_never_overwrite_and_write_outputs(tmp_path, monkeypatch):
+    """Two runs of one config get two folders with every output; torch's process-wide settings are the config's
+    (1 thread, deterministic) while a run trains and the caller's (3 threads, not deterministic) after it."""
     config = load_config(None, tiny_run_overrides(tmp_path))
+    torch.set_num_threads(3)
+    torch.use_deterministic_algorithms(False)
+    seen, original = [], Trainer.train_one_epoch
+    monkeypatch.setattr(Trainer, "train_one_epoch", lambda self: seen.append(
+        (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())) or original(self))
     first = Trainer(config, progress=False).fit()
+    assert seen and set(seen) == {(1, True)}
+    assert torch.get_num_threads() == 3 and not torch.are_deterministic_algorithms_enabled()
     second = Trainer(config, progress=False).fit()
     assert first.name == "tiny" and second.name == "tiny-2"
     for name in ("last.pt", "best.pt", "config.yaml", "metrics.jsonl", "curves.png"):

@@ -5,8 +5,9 @@ for cars; a lost track keeps its size, as in ByteTrack, rather than shrinking aw
 and lost tracks to the high-score detections (IoU, Hungarian assignment); match the still unmatched confirmed
 tracks to the low-score detections (occluded cars score low: they keep their track instead of breaking it); match
 tentative tracks to what is left of the high-score detections; start tentative tracks from the remaining high-score
-detections. A tentative track is confirmed by a second match (at once in the first frame) and only then gets an ID:
-IDs start at 1, count up and are never reused. A track unmatched for more than ``max_lost`` frames is removed.
+detections of at least ``min_box_area`` square pixels. A tentative track is confirmed by a second match (at once in
+the first frame) and only then gets an ID: IDs start at 1, count up and are never reused. A track unmatched for more
+than ``max_lost`` frames is removed.
 
 Boxes are (N, 4) float x1, y1, x2, y2 in frame pixels; tracks match only detections of their own class.
 """
@@ -82,6 +83,10 @@ class ByteTracker:
     low_match_iou: float = 0.5  # second association, with low-score detections
     tentative_match_iou: float = 0.3  # tentative tracks with the remaining high-score detections
     max_lost: int = 30  # frames a track may go unmatched before it is removed (its ID is kept until then)
+    # A detection smaller than this (square pixels) starts no track; tracks already running still follow small boxes,
+    # so a car driving away keeps its ID. ByteTrack's min_box_area (10 in its demo) drops such boxes from the outputs
+    # instead, which also ends the output of a receding car.
+    min_box_area: float = 0.0
     freeze_lost_size: bool = True  # ByteTrack's and BoT-SORT's: a lost track's predicted box keeps its size
     tracks: list[Track] = field(default_factory=list)
     frame: int = 0
@@ -115,8 +120,10 @@ class ByteTracker:
         for track in failed:
             track.state = TrackState.REMOVED
         # 4: new tentative tracks (confirmed at once in the first frame, so a video starts with its cars)
+        x1, y1, x2, y2 = boxes.T
+        areas = (x2 - x1) * (y2 - y1)
         for index in left_high:
-            if scores[index] >= self.new_track_thresh:
+            if scores[index] >= self.new_track_thresh and areas[index] >= self.min_box_area:
                 mean, covariance = self.kalman.initiate(xyxy_to_cxcywh(boxes[index])[0])
                 track = Track(mean, covariance, int(labels[index]), float(scores[index]), self.frame, self.frame,
                               boxes[index].copy())

@@ -3,6 +3,8 @@ HOTA on a hand-computed case."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,8 @@ from detector.structures import DetectorError
 from detector.track import ByteTracker, KalmanFilter, LineCounter, MotBox, ZoneCounter, read_mot, write_mot
 from detector.track.counting import bottom_centre
 from detector.track.kalman import cxcywh_to_xyxy, xyxy_to_cxcywh
-from detector.track.metrics import clear_and_identity, drop_ignored, evaluate_tracks, hota, ignore_below_height
+from detector.track.metrics import (clear_and_identity, count_errors, direction_count_error, drop_ignored,
+                                    evaluate_tracks, hota, ignore_below_height)
 
 
 BYTETRACK_NOISE = (1 / 20, 1 / 160, 0.0)  # ByteTrack's and BoT-SORT's weights: the hand computations below use them
@@ -149,6 +152,21 @@ def test_a_briefly_lost_track_keeps_its_id_and_a_long_gap_gets_a_new_one():
         found = tracker.update(boxes, np.full(len(boxes), 0.9), np.ones(len(boxes), int))
         seen += [t.track_id for t in found]
     assert sorted(set(seen)) == [1, 2] and seen[:10] == [1] * 10 and seen[10:14] == [1] * 4 and seen[-1] == 2
+
+
+def test_small_boxes_start_no_track_but_a_running_track_follows_them():
+    """track.min_box_area: a 6x6 box (36 px^2) below a floor of 100 starts nothing; a 20x20 car starts track 1 and
+    keeps it while it shrinks to 6x6 (a car driving away)."""
+    tracker = ByteTracker(min_box_area=100.0)
+    for _ in range(5):
+        assert tracker.update(np.array([[10.0, 10.0, 16.0, 16.0]]), np.array([0.9]), np.array([1])) == []
+    tracker = ByteTracker(min_box_area=100.0)
+    ids = []
+    for side in (20, 20, 18, 15, 12, 9, 6, 6):
+        found = tracker.update(np.array([[50.0, 50.0, 50.0 + side, 50.0 + side]]), np.array([0.9]), np.array([1]))
+        ids += [t.track_id for t in found]
+    assert ids == [1] * 8
+    assert ByteTracker().update(np.array([[10.0, 10.0, 16.0, 16.0]]), np.array([0.9]), np.array([1]))[0].track_id == 1
 
 
 def test_low_score_detections_keep_an_occluded_track():
@@ -291,3 +309,17 @@ def test_min_height_scores_as_kitti_tracking():
     assert evaluate_tracks(gt, pred, min_height=0) == everything
     with pytest.raises(DetectorError, match="min_height"):
         ignore_below_height(gt, pred, [], -1)
+
+
+def test_a_crossing_in_the_wrong_direction_is_a_count_error(tmp_path):
+    """1/9 left/right against a true 0/10: the totals agree, but one car is counted the wrong way, so two per-direction
+    counts are off by one each (2/10 of the true crossings)."""
+    assert direction_count_error((1, 9), (0, 10)) == pytest.approx(0.2)
+    assert direction_count_error((0, 10), (0, 10)) == 0.0
+    assert direction_count_error((12, 3), (12, 2)) == pytest.approx(1 / 14)
+    assert direction_count_error((1, 0), (0, 0)) == 1.0  # no true crossing: the number counted
+    predicted, truth = tmp_path / "counts.json", tmp_path / "truth.json"
+    predicted.write_text(json.dumps({"lines": {"gate": {"left": 1, "right": 9, "total": 10}}}))
+    truth.write_text(json.dumps({"lines": {"gate": {"left": 0, "right": 10}}}))
+    gate = count_errors(str(predicted), str(truth))["gate"]
+    assert gate == {"left": 1, "right": -1, "total_relative": 0.0, "by_direction_relative": pytest.approx(0.2)}

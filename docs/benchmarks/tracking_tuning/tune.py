@@ -4,11 +4,14 @@ not the benchmark's (scripts/track_benchmark.py uses seeds 9101 / 9202), at seve
     python docs/benchmarks/tracking_tuning/tune.py 320,400,480   # from the repository root; runs/demo/train/best.pt
     python docs/benchmarks/tracking_tuning/tune.py 320 runs/demo_cascade/train/best.pt   # another checkpoint
     python docs/benchmarks/tracking_tuning/tune.py 320,480 runs/demo_far/train/best.pt wide   # the thresholds too
+    python docs/benchmarks/tracking_tuning/tune.py 480 runs/demo_nhwc/train/best.pt areas   # track.min_box_area
 
 Detections are cached per video, checkpoint and size under work/ (ignored), then the tracker runs with each setting of
-`grid` (with ``wide``: every track.high_thresh 0.5-0.8 and track.new_track_thresh 0.6-0.9 pair); each row gives per
-video (MOTA, IDF1, counted minus true crossings, MOTA with cars under 25 px ignored).
-Writes work/results_<sizes>[_<checkpoint folder>][_wide].json.
+`grid` (with ``wide``: every track.high_thresh 0.5-0.8 and track.new_track_thresh 0.6-0.9 pair; with ``areas``:
+track.min_box_area 0-2500 px^2 at configs/demo.yaml's high_thresh and new_track_thresh, 0.8); each row gives per
+video (MOTA, IDF1, counted minus true crossings, MOTA with cars under 25 px ignored, and, in rows written since
+min_box_area, crossings counted wrong per direction: |left| + |right|).
+Writes work/results_<sizes>[_<checkpoint folder>][_wide|_areas].json.
 """
 import itertools, json, sys, tempfile, time
 from pathlib import Path
@@ -67,9 +70,12 @@ for name, spec in VIDEOS.items():
         arrays = np.load(path); flat = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
         cache[(name, size)] = ([tuple(flat[i:i + 3]) for i in range(0, len(flat), 3)], side, video)
 
-wide = len(sys.argv) > 3 and sys.argv[3] == "wide"
-grid = {"high_thresh": [0.5, 0.6, 0.7, 0.8] if wide else [0.5],
-        "new_track_thresh": [0.6, 0.7, 0.8, 0.9] if wide else [0.6], "low_thresh": [0.1]}
+mode = sys.argv[3] if len(sys.argv) > 3 else ""
+wide = mode == "wide"
+areas = mode == "areas"  # at configs/demo.yaml's thresholds (0.8 / 0.8), which the benchmark uses
+grid = {"high_thresh": [0.5, 0.6, 0.7, 0.8] if wide else [0.8] if areas else [0.5],
+        "new_track_thresh": [0.6, 0.7, 0.8, 0.9] if wide else [0.8] if areas else [0.6], "low_thresh": [0.1],
+        "min_box_area": [0, 100, 200, 300, 400, 625, 900, 1200, 1600, 2500] if mode == "areas" else [0]}
 results = []
 for size in sizes:
     for values in itertools.product(*grid.values()):
@@ -86,7 +92,7 @@ for size in sizes:
                 k = evaluate_tracks(tb.truth_of(side), read_mot(summary.mot_path), tb.ignore_of(side), min_height=25)
             truth = tb.true_counts(side, line); got = summary.counts["lines"]["gate"]
             row[name] = (round(m["MOTA"], 3), round(m["IDF1"], 3), got["total"] - truth["left"] - truth["right"],
-                         round(k["MOTA"], 3))
+                         round(k["MOTA"], 3), abs(got["left"] - truth["left"]) + abs(got["right"] - truth["right"]))
         print(row, flush=True); results.append(row)
-out_name = f"results_{'_'.join(map(str, sizes))}{'_' + tag.rstrip('_') if tag else ''}{'_wide' if wide else ''}.json"
+out_name = f"results_{'_'.join(map(str, sizes))}{'_' + tag.rstrip('_') if tag else ''}{'_' + mode if mode else ''}.json"
 json.dump(results, open(work / out_name, "w"), indent=1)
