@@ -272,12 +272,28 @@ def _optimizer_step(model: FasterRCNN, optimizer: torch.optim.Optimizer, schedul
 
 def model_to_train(config: Config, device: torch.device) -> FasterRCNN:
     """The peer as `train_peer` trains it: ImageNet weights on ``device``, NHWC convolution weights with
-    `train.channels_last` (as `engine.Trainer` gives ours), and no second resize of the inputs."""
+    `train.channels_last` (as `engine.Trainer` gives ours), and no second resize of the inputs: our training
+    transform has already sized them (`augment.sizes`, or data.max_size)."""
     model = peer_from_config(config).to(device)
     if config.train.channels_last:
         model.to(memory_format=torch.channels_last)
     _check_no_resize(model, config.data.max_size)
+    train_without_resize(model)
     return model
+
+
+def train_without_resize(model: FasterRCNN) -> None:
+    """In training mode, torchvision's transform keeps each input at its size. Its resize would take every image to
+    data.max_size, so with `augment.sizes` below it (configs/demo.yaml trains at 320 and infers at 480) the peer would
+    train on upsampled images that ours never sees. In eval mode the transform resizes as built (inputs of
+    data.max_size stay as they are, `_check_no_resize`)."""
+    transform = model.transform
+    resize = transform.resize
+
+    def resize_in_eval_only(image: Tensor, target: dict[str, Tensor] | None = None):
+        return (image, target) if transform.training else resize(image, target)
+
+    transform.resize = resize_in_eval_only
 
 
 def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Dataset] | None = None,
