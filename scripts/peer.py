@@ -11,7 +11,8 @@ ratios on that one level.
 Input size. torchvision's `GeneralizedRCNNTransform` rescales every image by
 ``min(min_size / shorter_side, max_size / longer_side)``. Our transforms already resize the longer side to
 ``data.max_size``, so with ``min_size = max_size = data.max_size`` that factor is exactly 1 and the peer sees
-the very pixels ours sees (`transformed_size` checks it; `train_peer` refuses to run otherwise).
+the very pixels ours sees (`transformed_size` checks it; `train_peer` refuses to run otherwise). Training images
+that `augment.sizes` made smaller stay as they are (`InputSizedTransform`).
 
 Boxes are (N, 4) float32 absolute-pixel ``x1, y1, x2, y2`` throughout; torchvision's labels include background
 (0), so the peer has ``num_classes + 1`` outputs and its foreground labels 1..K are ours unchanged.
@@ -34,6 +35,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from tqdm import tqdm
 
@@ -87,6 +89,16 @@ class FeatureMap(nn.Module):
         return OrderedDict([("0", self.body(images)[0])])
 
 
+class InputSizedTransform(GeneralizedRCNNTransform):
+    """torchvision's transform, except that training keeps every input at the size our training transform gave it
+    (`augment.sizes`, or data.max_size). torchvision's own would take each training image to data.max_size, so with
+    `augment.sizes` below it (configs/demo.yaml trains at 320 and infers at 480) the peer would train on upsampled
+    images that ours never sees. Inference resizes as torchvision does (a no-op for inputs of data.max_size)."""
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        return (image, target) if self.training else super().resize(image, target)
+
+
 def build_peer(
     num_classes: int,
     max_size: int,
@@ -100,7 +112,8 @@ def build_peer(
 ) -> FasterRCNN:
     """torchvision's FasterRCNN for ``num_classes`` foreground classes on our stride-16 backbone.
 
-    Inputs of longest side ``max_size`` are not resized again (min_size = max_size = ``max_size``); pixels are
+    Inputs of longest side ``max_size`` are not resized again (min_size = max_size = ``max_size``), nor are
+    training inputs of any size (`InputSizedTransform`); pixels are
     normalized with the backbone's own ``pixel_mean`` / ``pixel_std``. Anchors: every size with every
     ratio (height / width) on the one level. Everything else keeps torchvision's defaults.
     """
@@ -109,7 +122,7 @@ def build_peer(
     body = build_backbone(backbone, weights=weights, freeze_stages=freeze_stages, frozen_bn=frozen_bn)
     anchors = AnchorGenerator(sizes=(tuple(float(s) for s in anchor_sizes),),
                               aspect_ratios=(tuple(float(r) for r in anchor_ratios),))
-    return FasterRCNN(
+    model = FasterRCNN(
         FeatureMap(body),
         num_classes=num_classes + 1,  # torchvision counts background as class 0
         min_size=max_size,
@@ -119,6 +132,8 @@ def build_peer(
         rpn_anchor_generator=anchors,
         box_roi_pool=MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2),
     )
+    model.transform = InputSizedTransform(max_size, max_size, list(body.pixel_mean), list(body.pixel_std))
+    return model
 
 
 def peer_from_config(config: Config, pretrained: bool = True) -> FasterRCNN:
@@ -272,28 +287,12 @@ def _optimizer_step(model: FasterRCNN, optimizer: torch.optim.Optimizer, schedul
 
 def model_to_train(config: Config, device: torch.device) -> FasterRCNN:
     """The peer as `train_peer` trains it: ImageNet weights on ``device``, NHWC convolution weights with
-    `train.channels_last` (as `engine.Trainer` gives ours), and no second resize of the inputs: our training
-    transform has already sized them (`augment.sizes`, or data.max_size)."""
+    `train.channels_last` (as `engine.Trainer` gives ours), and no second resize of the inputs."""
     model = peer_from_config(config).to(device)
     if config.train.channels_last:
         model.to(memory_format=torch.channels_last)
     _check_no_resize(model, config.data.max_size)
-    train_without_resize(model)
     return model
-
-
-def train_without_resize(model: FasterRCNN) -> None:
-    """In training mode, torchvision's transform keeps each input at its size. Its resize would take every image to
-    data.max_size, so with `augment.sizes` below it (configs/demo.yaml trains at 320 and infers at 480) the peer would
-    train on upsampled images that ours never sees. In eval mode the transform resizes as built (inputs of
-    data.max_size stay as they are, `_check_no_resize`)."""
-    transform = model.transform
-    resize = transform.resize
-
-    def resize_in_eval_only(image: Tensor, target: dict[str, Tensor] | None = None):
-        return (image, target) if transform.training else resize(image, target)
-
-    transform.resize = resize_in_eval_only
 
 
 def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Dataset] | None = None,

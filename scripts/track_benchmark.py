@@ -112,8 +112,6 @@ def track_row(predictor, video: Path, sidecar: dict, line_text: str, line: tuple
     total_true = truth["left"] + truth["right"]
     metrics.update({"counts": {"left": got["left"], "right": got["right"]}, "true_counts": truth,
                     "count_error": (got["total"] - total_true) / total_true if total_true else float(got["total"]),
-                    "count_error_by_direction": direction_count_error((got["left"], got["right"]),
-                                                                      (truth["left"], truth["right"])),
                     "tracker_ms_per_frame": 1000 * summary.tracker_seconds / max(summary.frames, 1),
                     "model_ms_per_frame": 1000 * summary.model_seconds / max(summary.frames, 1)})
     return metrics

@@ -75,7 +75,7 @@ wide = mode == "wide"
 areas = mode == "areas"  # at configs/demo.yaml's thresholds (0.8 / 0.8), which the benchmark uses
 grid = {"high_thresh": [0.5, 0.6, 0.7, 0.8] if wide else [0.8] if areas else [0.5],
         "new_track_thresh": [0.6, 0.7, 0.8, 0.9] if wide else [0.8] if areas else [0.6], "low_thresh": [0.1],
-        "min_box_area": [0, 100, 200, 300, 400, 625, 900, 1200, 1600, 2500] if mode == "areas" else [0]}
+        "min_box_area": [0, 100, 200, 300, 400, 625, 900, 1200, 1600, 2500] if areas else [0]}
 results = []
 for size in sizes:
     for values in itertools.product(*grid.values()):
