@@ -36,7 +36,7 @@ from detector.data.synthetic import render_video
 from detector.runs import json_safe, prepare_out_dir
 from detector.structures import Detections, DetectorError
 from detector.track.counting import CountEvent, LineCounter, bottom_centre
-from detector.track.metrics import direction_count_error, evaluate_tracks
+from detector.track.metrics import direction_count_error, evaluate_tracks, line_count_error
 from detector.track.mot import MotBox, read_mot
 from detector.track.run import run_tracking
 from detector.video import run_detection
@@ -109,9 +109,9 @@ def track_row(predictor, video: Path, sidecar: dict, line_text: str, line: tuple
                                                                      min_height=min_height)}
     truth = true_counts(sidecar, line)
     got = summary.counts["lines"][line[0]]
-    total_true = truth["left"] + truth["right"]
+    error = line_count_error((got["left"], got["right"]), (truth["left"], truth["right"]))
     metrics.update({"counts": {"left": got["left"], "right": got["right"]}, "true_counts": truth,
-                    "count_error": (got["total"] - total_true) / total_true if total_true else float(got["total"]),
+                    "count_error": error["total_relative"],
                     "tracker_ms_per_frame": 1000 * summary.tracker_seconds / max(summary.frames, 1),
                     "model_ms_per_frame": 1000 * summary.model_seconds / max(summary.frames, 1)})
     return metrics

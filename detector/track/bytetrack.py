@@ -14,7 +14,7 @@ Boxes are (N, 4) float x1, y1, x2, y2 in frame pixels; tracks match only detecti
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -92,6 +92,13 @@ class ByteTracker:
     frame: int = 0
     next_id: int = 1
     kalman: KalmanFilter = field(default_factory=KalmanFilter)
+
+    @classmethod
+    def from_config(cls, config: object) -> ByteTracker:
+        """A tracker with the thresholds of a `track` config section (TrackConfig): every field the two share by name,
+        so a threshold added to both needs no copying code."""
+        shared = {f.name for f in fields(cls) if f.init} & {f.name for f in fields(config)}
+        return cls(**{name: getattr(config, name) for name in shared})
 
     def update(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> list[Track]:
         """One frame's detections -> the confirmed tracks matched in this frame (``detection``: their box now).

@@ -199,15 +199,17 @@ def count_errors(predicted_path: str, true_path: str) -> dict[str, dict[str, flo
     missing = sorted(set(truth) - set(predicted))
     if missing:
         raise DetectorError(f"{predicted_path} has no count for line(s) {', '.join(missing)} of {true_path}")
-    errors = {}
-    for name, (left, right) in truth.items():
-        got_left, got_right = predicted[name]
-        total = left + right
-        got_total = got_left + got_right
-        errors[name] = {"left": got_left - left, "right": got_right - right,
-                        "total_relative": (got_total - total) / total if total else float(got_total),
-                        "by_direction_relative": direction_count_error((got_left, got_right), (left, right))}
-    return errors
+    return {name: line_count_error(predicted[name], counts) for name, counts in truth.items()}
+
+
+def line_count_error(predicted: tuple[int, int], truth: tuple[int, int]) -> dict[str, float]:
+    """One line's (left, right) counts against the true ones: each direction's difference, the total's relative error
+    (with no true crossing, the predicted total) and the per-direction error (`direction_count_error`)."""
+    (got_left, got_right), (left, right) = predicted, truth
+    total, got_total = left + right, got_left + got_right
+    return {"left": got_left - left, "right": got_right - right,
+            "total_relative": (got_total - total) / total if total else float(got_total),
+            "by_direction_relative": direction_count_error(predicted, truth)}
 
 
 def direction_count_error(predicted: tuple[int, int], truth: tuple[int, int]) -> float:

@@ -202,10 +202,7 @@ class _FrameSteps:
 
     def __init__(self, config: TrackConfig, class_names: list[str], lines: list[LineCounter],
                  zones: list[ZoneCounter], speed: SpeedEstimator | None, fps: float) -> None:
-        self.tracker = ByteTracker(
-            high_thresh=config.high_thresh, low_thresh=config.low_thresh, new_track_thresh=config.new_track_thresh,
-            match_iou=config.match_iou, low_match_iou=config.low_match_iou,
-            tentative_match_iou=config.tentative_match_iou, max_lost=config.max_lost, min_box_area=config.min_box_area)
+        self.tracker = ByteTracker.from_config(config)
         self.class_names, self.lines, self.zones, self.speed, self.fps = class_names, lines, zones, speed, fps
         self.events: list[CountEvent] = []
         self.seconds = 0.0

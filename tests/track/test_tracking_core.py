@@ -169,6 +169,24 @@ def test_small_boxes_start_no_track_but_a_running_track_follows_them():
     assert ByteTracker().update(np.array([[10.0, 10.0, 16.0, 16.0]]), np.array([0.9]), np.array([1]))[0].track_id == 1
 
 
+def test_tracker_takes_every_threshold_of_the_track_config():
+    """ByteTracker.from_config: each threshold of the `track` section reaches the tracker, and the two agree on their
+    defaults, so `detector track` with an empty section runs ByteTracker() as the tests do."""
+    from dataclasses import fields, replace
+
+    from detector.config import TrackConfig
+
+    state = {"tracks", "frame", "next_id", "kalman", "freeze_lost_size"}  # the tracker's own, not config
+    thresholds = {f.name for f in fields(ByteTracker)} - state
+    assert thresholds <= {f.name for f in fields(TrackConfig)}
+    assert {name: getattr(ByteTracker.from_config(TrackConfig()), name) for name in thresholds} == \
+        {name: getattr(ByteTracker(), name) for name in thresholds}
+    changed = replace(TrackConfig(), high_thresh=0.8, new_track_thresh=0.85, max_lost=7, min_box_area=900.0)
+    tracker = ByteTracker.from_config(changed)
+    assert (tracker.high_thresh, tracker.new_track_thresh, tracker.max_lost, tracker.min_box_area) == \
+        (0.8, 0.85, 7, 900.0)
+
+
 def test_low_score_detections_keep_an_occluded_track():
     """ByteTrack's second association: a car half hidden scores 0.3 and still extends its track."""
     tracker = ByteTracker()
