@@ -143,6 +143,10 @@ class AugmentConfig:
     # data.max_size, as Detectron2's ResizeShortestEdge choice; empty = data.max_size.
     sizes: list[int] = field(default_factory=list)
     hflip: float = 0.5
+    # Rotation by a random multiple of 90 degrees (0, 90, 180 or 270, equally likely) with this probability. Seen from
+    # above, a street can run at any heading, so aerial data takes it (with hflip: all eight flips and turns); a
+    # driver's view has a sky above and a road below, so it stays 0 there.
+    rotate90: float = 0.0
     affine: float = 0.5  # scale / translate / rotate, the lecture's augmentations
     scale: list[float] = field(default_factory=lambda: [0.75, 1.25])  # range of the scale factor
     translate: float = 0.1  # maximum shift as a fraction of the image size
@@ -393,7 +397,8 @@ _AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
 _RANGES = {
     **{key: _UNIT for key in (
         "model.rpn_nms_thresh", "model.score_thresh", "model.nms_thresh", "eval.score_thresh",
-        "eval.confusion_score_thresh", "eval.confusion_iou", "eval.tta_iou", "augment.hflip", "augment.affine",
+        "eval.confusion_score_thresh", "eval.confusion_iou", "eval.tta_iou", "augment.hflip", "augment.rotate90",
+        "augment.affine",
         "track.high_thresh", "track.low_thresh", "track.new_track_thresh", "track.match_iou", "track.low_match_iou",
         "track.tentative_match_iou",
         "augment.translate", "augment.brightness_contrast", "augment.hue_saturation", "augment.blur", "augment.noise",

@@ -110,6 +110,7 @@ def _ablation_rows() -> list[Row]:
     rows += [Row(f"cut_objects={v}", "ours", "labels", (f"augment.cut_objects={v}",)) for v in ("ignore", "drop")]
     rows += [Row("anchors=32-256 x 0.33-3", "ours", "labels", ("model.anchor_sizes=[32,64,128,256]",
                                                               "model.anchor_ratios=[0.33,0.5,1.0,2.0,3.0]"))]
+    rows += [Row("rotate90=1.0", "ours", "labels", ("augment.rotate90=1.0",))]
     rows += [Row("cascade=0.5/0.6/0.7", "ours", "cascade", ("model.cascade_ious=[0.5,0.6,0.7]",))]
     rows += [Row(f"box_loss={v}", "ours", "box_loss", (f"model.box_loss={v}",))
              for v in ("smooth_l1", "l1", "giou", "diou", "ciou")]

@@ -144,7 +144,7 @@ def _check_scalar(augment: Any, name: str, low: float, high: float) -> float:
     return value
 
 
-_PROBABILITIES = ("hflip", "affine", "brightness_contrast", "hue_saturation", "blur", "noise", "crop")
+_PROBABILITIES = ("hflip", "rotate90", "affine", "brightness_contrast", "hue_saturation", "blur", "noise", "crop")
 
 
 def _validate(augment: Any) -> None:
@@ -180,6 +180,8 @@ def _geometric(augment: Any, max_size: int) -> list[A.BasicTransform]:
     steps.append(A.LongestMaxSize(max_size=sizes if sizes else max_size, p=1.0))
     if (hflip := _probability(augment, "hflip")) > 0:
         steps.append(A.HorizontalFlip(p=hflip))
+    if (rotate90 := _probability(augment, "rotate90")) > 0:
+        steps.append(A.RandomRotate90(p=rotate90))
     if (affine := _probability(augment, "affine")) > 0:
         translate = _check_scalar(augment, "translate", 0.0, 1.0)
         rotate = _check_scalar(augment, "rotate", 0.0, 180.0)
@@ -339,7 +341,7 @@ def build_transform(augment: Any | None, max_size: int, train: bool) -> "Transfo
     """The transform for one split.
 
     Always resizes so the longest side equals ``max_size`` (aspect kept); when ``train`` and
-    ``augment.enabled``, adds `AugmentConfig`'s augmentations (read duck-typed from ``augment``: hflip,
+    ``augment.enabled``, adds `AugmentConfig`'s augmentations (read duck-typed from ``augment``: hflip, rotate90,
     affine, scale, translate, rotate, rotate_method, brightness_contrast, hue_saturation, blur, noise, crop,
     crop_scale, min_visibility, cut_objects, sizes; weather, weather_corruptions, weather_max_severity wrap the
     result in `detector.robustness.RandomCorruption`). Invalid values raise DetectorError naming the ``augment.*`` key.
