@@ -307,6 +307,8 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def run_data_anchors(args: argparse.Namespace) -> int:
+    import numpy
+
     from detector.anchor_report import anchor_report, box_shapes, format_report, plot_anchor_report
     from detector.data.build import build_datasets
 
@@ -318,12 +320,17 @@ def run_data_anchors(args: argparse.Namespace) -> int:
     boxes_wh = box_shapes(split, config.data.max_size)
     if not len(boxes_wh):
         raise DetectorError(f"the {args.split} split of {args.config} has no boxes to fit anchors to")
+    # training with augment.rotate90 sees every box turned a quarter too: fit the anchors to both
+    turned = args.split == "train" and config.augment.enabled and config.augment.rotate90 > 0
+    if turned:
+        boxes_wh = numpy.concatenate([boxes_wh, boxes_wh[:, ::-1]])
     model = config.model
     report = anchor_report(boxes_wh, model.anchor_sizes, model.anchor_ratios, args.iou, model.fpn)
     report = {"config": args.config, "split": args.split, "images": len(split.records),
-              "max_size": config.data.max_size, **report}
+              "max_size": config.data.max_size, "rotate90": turned, **report}
     title = (f"anchor report: {args.config}, {args.split} split, {len(split.records)} images, boxes resized with their "
-             f"images to a longest side of data.max_size = {config.data.max_size} px")
+             f"images to a longest side of data.max_size = {config.data.max_size} px"
+             + (", each also turned a quarter (augment.rotate90)" if turned else ""))
     print(format_report(report, title))
     for option, path in (("--out", args.out), ("--plot", args.plot)):
         if not path:

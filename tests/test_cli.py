@@ -231,6 +231,14 @@ def test_data_anchors_reports_coverage_and_a_pasteable_grid(shared_data, tmp_pat
     snippet = yaml.safe_load("\n".join(line for line in result.stdout.splitlines() if line.startswith("  anchor_")))
     assert snippet == {"anchor_sizes": proposed["anchor_sizes"], "anchor_ratios": proposed["anchor_ratios"]}
     assert plot.stat().st_size > 0
+    # with augment.rotate90 the training boxes count twice, once turned a quarter (w and h swapped)
+    turned = run("data", "anchors", "-c", config_path, "--out", str(tmp_path / "turned.json"), data,
+                 "augment.rotate90=1.0")
+    assert turned.returncode == 0, turned.stderr
+    assert "turned a quarter" in turned.stdout
+    report_turned = json.loads((tmp_path / "turned.json").read_text())
+    assert report_turned["rotate90"] and not report["rotate90"]
+    assert report_turned["boxes"] == 2 * report["boxes"]
 
 
 @pytest.mark.slow
