@@ -8,6 +8,8 @@ val only (every choice of issue 11 is made there).
 
     python docs/benchmarks/drone_cars_rot90_val/rotated_val.py /tmp/drone_val_rot90 OUT.json CHECKPOINT [CHECKPOINT ...]
 
+With --turned-only first, only the turned block is scored (the plain val AP is then the benchmark row's own).
+
 A YOLO box (cx, cy, w, h), normalized, turned a quarter counter-clockwise: (cy, 1 - cx, h, w).
 """
 
@@ -58,7 +60,10 @@ def score(checkpoint: str, dataset: Path, eval_out: Path) -> dict:
 
 
 def main() -> None:
-    folder, out_json, checkpoints = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+    arguments = sys.argv[1:]
+    turned_only = arguments[0] == "--turned-only"
+    folder, out_json = Path(arguments[turned_only]), Path(arguments[turned_only + 1])
+    checkpoints = arguments[turned_only + 2:]
     config = yaml.safe_load((ROOT / "configs/drone_cars.yaml").read_text())
     pattern = config["data"]["val_filter"]
     print(f"{write_rotated(folder / 'data', pattern)} val images turned a quarter into {folder / 'data'}")
@@ -67,8 +72,9 @@ def main() -> None:
         if checkpoint in results:
             continue
         name = Path(checkpoint).parent.name
-        results[checkpoint] = {"val": score(checkpoint, DATA, folder / f"eval-{name}-val"),
-                               "val_rot90": score(checkpoint, folder / "data", folder / f"eval-{name}-rot90")}
+        results[checkpoint] = {"val_rot90": score(checkpoint, folder / "data", folder / f"eval-{name}-rot90")}
+        if not turned_only:
+            results[checkpoint]["val"] = score(checkpoint, DATA, folder / f"eval-{name}-val")
         print(checkpoint, results[checkpoint], flush=True)
         out_json.write_text(json.dumps(results, indent=2))
 
