@@ -122,8 +122,7 @@ class RoundedBoxAffine(A.Affine):
 
 
 def _probability(augment: Any, name: str) -> float:
-    # keys added after duck-typed augment objects were written default to off
-    value = float(getattr(augment, name) if name != "rotate90" else getattr(augment, name, 0.0))
+    value = float(getattr(augment, name))
     if not 0.0 <= value <= 1.0:
         raise DetectorError(f"config key 'augment.{name}' is a probability and must be in [0, 1], got {value}")
     return value

@@ -15,6 +15,7 @@ Boxes are (N, 4) float x1, y1, x2, y2 in frame pixels; tracks match only detecti
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from scipy.optimize import linear_sum_assignment
 
 from detector.boxes import box_iou
 from detector.track.kalman import KalmanFilter, cxcywh_to_xyxy, xyxy_to_cxcywh
+
+if TYPE_CHECKING:
+    from detector.config import TrackConfig
 
 __all__ = ["ByteTracker", "Track", "TrackState", "iou_matrix", "match"]
 
@@ -94,7 +98,7 @@ class ByteTracker:
     kalman: KalmanFilter = field(default_factory=KalmanFilter)
 
     @classmethod
-    def from_config(cls, config: object) -> ByteTracker:
+    def from_config(cls, config: TrackConfig) -> ByteTracker:
         """A tracker with the thresholds of a `track` config section (TrackConfig): every field the two share by name,
         so a threshold added to both needs no copying code."""
         shared = {f.name for f in fields(cls) if f.init} & {f.name for f in fields(config)}

@@ -15,6 +15,7 @@ A YOLO box (cx, cy, w, h), normalized, turned a quarter counter-clockwise: (cy, 
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -60,10 +61,13 @@ def score(checkpoint: str, dataset: Path, eval_out: Path) -> dict:
 
 
 def main() -> None:
-    arguments = sys.argv[1:]
-    turned_only = arguments[0] == "--turned-only"
-    folder, out_json = Path(arguments[turned_only]), Path(arguments[turned_only + 1])
-    checkpoints = arguments[turned_only + 2:]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turned-only", action="store_true", help="score the turned block only")
+    parser.add_argument("folder", type=Path, help="where the turned block and the evaluations are written")
+    parser.add_argument("out_json", type=Path, help="scores per checkpoint, kept across calls")
+    parser.add_argument("checkpoints", nargs="+")
+    args = parser.parse_args()
+    folder, out_json, checkpoints, turned_only = args.folder, args.out_json, args.checkpoints, args.turned_only
     config = yaml.safe_load((ROOT / "configs/drone_cars.yaml").read_text())
     pattern = config["data"]["val_filter"]
     print(f"{write_rotated(folder / 'data', pattern)} val images turned a quarter into {folder / 'data'}")
