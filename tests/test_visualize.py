@@ -71,7 +71,8 @@ def test_show_dataset_writes_a_png_grid(tmp_path: Path) -> None:
         records.append(ImageRecord(path, 90, 60, [[10, 10, 50, 40]], [1], index, ignore=[[60, 0, 90, 30]]))
     augment = SimpleNamespace(
         enabled=True, hflip=0.5, rotate90=0.0, affine=1.0, scale=[0.9, 1.1], translate=0.1, rotate=10.0,
-        brightness_contrast=0.3, hue_saturation=0.2, blur=0.1, noise=0.1, crop=0.3, crop_scale=[0.5, 1.0], min_visibility=0.3,
+        brightness_contrast=0.3, hue_saturation=0.2, blur=0.1, noise=0.1, crop=0.3, crop_scale=[0.5, 1.0],
+        min_visibility=0.3,
     )  # fmt: skip
     out = show_dataset(Dataset(["car"], records), tmp_path / "show" / "grid.png", augment, max_size=64, num=4, seed=1)
     grid = cv2.imread(str(out))

@@ -16,7 +16,8 @@ from detector.structures import Dataset, DetectorError, ImageRecord
 
 AUGMENT = SimpleNamespace(
     enabled=True, hflip=0.5, rotate90=0.0, affine=1.0, scale=[0.8, 1.2], translate=0.1, rotate=10.0,
-    brightness_contrast=0.5, hue_saturation=0.5, blur=0.2, noise=0.2, crop=0.5, crop_scale=[0.5, 1.0], min_visibility=0.3,
+    brightness_contrast=0.5, hue_saturation=0.5, blur=0.2, noise=0.2, crop=0.5, crop_scale=[0.5, 1.0],
+    min_visibility=0.3,
 )  # fmt: skip
 
 
