@@ -226,6 +226,9 @@ class EvalConfig:
     tta: bool = False
     tta_sizes: list[int] = field(default_factory=list)  # longest sides; empty = data.max_size and 1.25x it
     tta_hflip: bool = True
+    # quarter turns counter-clockwise, each a view (with and without the flip): [0, 1] adds the image turned a
+    # quarter, for images seen from above (a model trained with augment.rotate90); [0] = no turned view
+    tta_turns: list[int] = field(default_factory=lambda: [0])
     tta_fusion: str = "wbf"  # wbf (weighted box fusion) | nms
     tta_iou: float = 0.55  # boxes of different views at or above this IoU are fused
 

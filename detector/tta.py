@@ -1,9 +1,14 @@
-"""Test-time augmentation (TTA): predict each image at several sizes, also mirrored, and fuse the views' boxes.
+"""Test-time augmentation (TTA): predict each image at several sizes, also mirrored and turned, and fuse the views'
+boxes.
 
-A view is one (size, mirrored) pair. Each size is a longest side: the image is resized from the original by the
-evaluation transform (`build_transform(None, size)`), so a view is exactly what the model sees with
-``data.max_size: size``. A mirrored view predicts the horizontally flipped image and flips its boxes back. The
-model's `predict` maps every view's boxes to original image pixels, where the views are fused per class:
+A view is one (size, mirrored, quarter turns) triple. Each size is a longest side: the image is resized from the
+original by the evaluation transform (`build_transform(None, size)`), so a view is exactly what the model sees with
+``data.max_size: size``. A mirrored view predicts the horizontally flipped image and flips its boxes back; a turned
+view predicts the image turned k quarter turns counter-clockwise (`torch.rot90`, after the mirroring) and turns its
+boxes back (`rot90_boxes`). Turns suit images seen from above, where a street runs at any heading (a model trained
+with `augment.rotate90`); on driver's-eye images a turned view is a view the model never saw. The model's `predict`
+maps every view's boxes to original image pixels (of the turned image, for a turned view), where the views are fused
+per class:
 
 - ``wbf``, weighted box fusion (Solovyev, Wang and Gabruseva, "Weighted boxes fusion", 2021): boxes are taken in
   decreasing score; each joins the cluster whose fused box it overlaps most if that IoU is at least ``iou``, else
@@ -14,7 +19,8 @@ model's `predict` maps every view's boxes to original image pixels, where the vi
 - ``nms``: per-class NMS at ``iou`` over the union of the views.
 
 Each view is one more pass of the whole model: two sizes with mirroring cost four plain predictions and more
-(the larger size costs more than the plain one).
+(the larger size costs more than the plain one); turns multiply the views again (turns 0 and 1 with mirroring: four
+views per size).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from detector.data.transforms import build_transform
 from detector.detector import FastRCNN
 from detector.structures import Detections, DetectorError
 
-__all__ = ["TestTimeAugmentation", "build_tta", "flip_boxes", "weighted_box_fusion"]
+__all__ = ["TestTimeAugmentation", "build_tta", "flip_boxes", "rot90_boxes", "weighted_box_fusion"]
 
 FUSIONS = ("wbf", "nms")
 
@@ -39,6 +45,19 @@ FUSIONS = ("wbf", "nms")
 def flip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
     """(N, 4) xyxy boxes of an image ``width`` pixels wide -> the same boxes in the mirrored image."""
     return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
+def rot90_boxes(boxes: torch.Tensor, height: float, width: float, turns: int) -> torch.Tensor:
+    """(N, 4) xyxy boxes of an image ``height`` x ``width`` -> the same boxes in that image turned ``turns`` quarter
+    turns counter-clockwise, as ``torch.rot90(image, turns, dims=(-2, -1))`` turns a (..., H, W) tensor.
+
+    One turn maps the point (x, y) to (y, width - x) in the turned image, which is ``width`` tall and ``height`` wide;
+    the boxes of a turned image come back with ``rot90_boxes(boxes, width, height, 4 - turns)`` (sizes swapped when
+    ``turns`` is odd)."""
+    for _ in range(turns % 4):
+        boxes = torch.stack([boxes[:, 1], width - boxes[:, 2], boxes[:, 3], width - boxes[:, 0]], dim=1)
+        height, width = width, height
+    return boxes
 
 
 def _box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -100,24 +119,27 @@ def weighted_box_fusion(boxes: torch.Tensor, scores: torch.Tensor, labels: torch
 
 
 class TestTimeAugmentation:
-    """Predict at each of ``sizes`` (longest sides, pixels), also mirrored with ``hflip``, and fuse per class with
+    """Predict at each of ``sizes`` (longest sides, pixels), also mirrored with ``hflip``, each of those turned by
+    each of ``turns`` (quarter turns counter-clockwise, 0-3; 0 is the unturned view), and fuse per class with
     ``fusion`` (wbf | nms) at IoU ``iou``; at most ``max_det`` detections per image, by decreasing score."""
 
     __test__ = False  # not a pytest class, whatever its name
 
     def __init__(self, sizes: Sequence[int], hflip: bool = True, fusion: str = "wbf", iou: float = 0.55,
-                 max_det: int = 100) -> None:
-        if not sizes or min(sizes) < 1 or fusion not in FUSIONS or not 0.0 < iou <= 1.0 or max_det < 1:
-            raise ValueError(f"TestTimeAugmentation: invalid sizes {sizes}, fusion {fusion}, iou {iou} "
-                             f"or max_det {max_det}")
+                 max_det: int = 100, turns: Sequence[int] = (0,)) -> None:
+        if (not sizes or min(sizes) < 1 or fusion not in FUSIONS or not 0.0 < iou <= 1.0 or max_det < 1
+                or not turns or not set(turns) <= {0, 1, 2, 3}):
+            raise ValueError(f"TestTimeAugmentation: invalid sizes {sizes}, fusion {fusion}, iou {iou}, "
+                             f"max_det {max_det} or turns {turns}")
         self.sizes = tuple(dict.fromkeys(int(size) for size in sizes))  # repeats would only repeat a view
         self.flips = (False, True) if hflip else (False,)
+        self.turns = tuple(dict.fromkeys(int(turn) for turn in turns))
         self.fusion, self.iou, self.max_det = fusion, iou, max_det
         self._transforms = [build_transform(None, size, train=False) for size in self.sizes]
 
     @property
     def num_views(self) -> int:
-        return len(self.sizes) * len(self.flips)
+        return len(self.sizes) * len(self.flips) * len(self.turns)
 
     def resize(self, image: np.ndarray) -> list[torch.Tensor]:
         """(H, W, 3) uint8 RGB -> per size, the (3, h, w) float input in [0, 1] the evaluation transform makes."""
@@ -144,19 +166,38 @@ class TestTimeAugmentation:
         for s, images in enumerate(images_per_size):
             proposals = proposals_per_size[s] if proposals_per_size is not None else None
             for flipped in self.flips:
-                inputs, view_proposals = images, proposals
-                if flipped:
-                    inputs = [image.flip(-1) for image in images]  # (3, h, w): mirror the width axis
-                    if proposals is not None:
-                        view_proposals = [flip_boxes(p, image.shape[-1]) for p, image in zip(proposals, images)]
-                detections = model.predict(inputs, original_sizes, view_proposals)
-                for views, found, (_, width) in zip(views_per_image, detections, original_sizes):
-                    found = found.to("cpu")
-                    if flipped:
-                        found = Detections(flip_boxes(found.boxes, width), found.scores, found.labels,
-                                           found.class_names)
-                    views.append(found)
+                for turns in self.turns:
+                    detections = self._predict_view(model, images, original_sizes, proposals, flipped, turns)
+                    for views, found in zip(views_per_image, detections):
+                        views.append(found)
         return [self.fuse(views) for views in views_per_image]
+
+    @staticmethod
+    def _predict_view(model: FastRCNN, images: list[torch.Tensor], original_sizes: list[tuple[int, int]],
+                      proposals: list[torch.Tensor] | None, flipped: bool, turns: int) -> list[Detections]:
+        """One view's detections of ``images`` (mirrored, then turned), boxes mapped back to original pixels."""
+        inputs, view_proposals, view_sizes = list(images), proposals, list(original_sizes)
+        if flipped:
+            inputs = [image.flip(-1) for image in inputs]  # (3, h, w): mirror the width axis
+            if view_proposals is not None:
+                view_proposals = [flip_boxes(p, image.shape[-1]) for p, image in zip(view_proposals, images)]
+        if turns:
+            if view_proposals is not None:
+                view_proposals = [rot90_boxes(p, image.shape[-2], image.shape[-1], turns)
+                                  for p, image in zip(view_proposals, images)]
+            inputs = [torch.rot90(image, turns, dims=(-2, -1)) for image in inputs]
+            view_sizes = [(width, height) if turns % 2 else (height, width) for height, width in original_sizes]
+        mapped = []
+        for found, (height, width), (view_height, view_width) in zip(
+                model.predict(inputs, view_sizes, view_proposals), original_sizes, view_sizes):
+            found = found.to("cpu")
+            boxes = found.boxes
+            if turns:  # back from the turned image's pixels
+                boxes = rot90_boxes(boxes, view_height, view_width, 4 - turns)
+            if flipped:
+                boxes = flip_boxes(boxes, width)
+            mapped.append(Detections(boxes, found.scores, found.labels, found.class_names))
+        return mapped
 
     def fuse(self, views: list[Detections]) -> Detections:
         """One image's detections of every view (boxes in the same pixels) -> fused detections (module doc)."""
@@ -173,8 +214,8 @@ class TestTimeAugmentation:
 
 
 def build_tta(config: Config) -> TestTimeAugmentation:
-    """The TTA of a config: eval.tta_sizes (empty = data.max_size and 1.25x it), eval.tta_hflip, eval.tta_fusion,
-    eval.tta_iou, and model.detections_per_image detections per image."""
+    """The TTA of a config: eval.tta_sizes (empty = data.max_size and 1.25x it), eval.tta_hflip, eval.tta_turns,
+    eval.tta_fusion, eval.tta_iou, and model.detections_per_image detections per image."""
     sizes = list(config.eval.tta_sizes) or [config.data.max_size, round(1.25 * config.data.max_size)]
     if min(sizes) < 1:
         raise DetectorError(f"config key 'eval.tta_sizes' must list longest image sides of at least 1 pixel, "
@@ -185,5 +226,9 @@ def build_tta(config: Config) -> TestTimeAugmentation:
         raise DetectorError(f"config key 'eval.tta_fusion' is '{config.eval.tta_fusion}'; expected wbf or nms")
     if config.model.detections_per_image < 1:
         raise DetectorError("config key 'model.detections_per_image' must be at least 1")
+    turns = list(config.eval.tta_turns)
+    if not turns or not set(turns) <= {0, 1, 2, 3}:
+        raise DetectorError(f"config key 'eval.tta_turns' must list quarter turns from 0 to 3 (0: the image as it is), "
+                            f"got {turns}")
     return TestTimeAugmentation(sizes, config.eval.tta_hflip, config.eval.tta_fusion, config.eval.tta_iou,
-                                config.model.detections_per_image)
+                                config.model.detections_per_image, turns)

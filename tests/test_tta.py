@@ -18,7 +18,7 @@ from detector.data.transforms import build_transform
 from detector.detector import build_detector
 from detector.engine import evaluate
 from detector.structures import Detections, DetectorError
-from detector.tta import TestTimeAugmentation, build_tta, flip_boxes, weighted_box_fusion
+from detector.tta import TestTimeAugmentation, build_tta, flip_boxes, rot90_boxes, weighted_box_fusion
 
 SMALL_MODEL = ["model.weights=none", "model.head_dim=64", "model.rpn_post_nms_top_n_test=32", "data.max_size=160"]
 
@@ -70,6 +70,23 @@ def test_flip_boxes_by_hand_and_twice_is_identity() -> None:
     torch.testing.assert_close(flip_boxes(flip_boxes(boxes, 100), 100), boxes)
 
 
+def test_rot90_boxes_by_hand_and_against_torch_rot90() -> None:
+    # a quarter turn counter-clockwise of a 100 x 200 (H x W) image: (x, y) -> (y, 200 - x), the image 200 x 100
+    boxes = torch.tensor([[20.0, 30.0, 60.0, 70.0]])
+    torch.testing.assert_close(rot90_boxes(boxes, 100, 200, 1), torch.tensor([[30.0, 140.0, 70.0, 180.0]]))
+    torch.testing.assert_close(rot90_boxes(boxes, 100, 200, 2), torch.tensor([[140.0, 30.0, 180.0, 70.0]]))
+    torch.testing.assert_close(rot90_boxes(boxes, 100, 200, 0), boxes)
+    mask = torch.zeros(100, 200)
+    mask[30:70, 20:60] = 1  # the box's pixels
+    for turns in range(4):
+        turned = torch.rot90(mask, turns, dims=(-2, -1))
+        ys, xs = torch.nonzero(turned, as_tuple=True)
+        expected = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]).float()
+        torch.testing.assert_close(rot90_boxes(boxes, 100, 200, turns), expected)
+        height, width = turned.shape
+        torch.testing.assert_close(rot90_boxes(expected, height, width, 4 - turns), boxes)  # and back
+
+
 class BrightRegionModel:
     """A stand-in for FastRCNN.predict: one detection on the bright pixels of each input, score 0.8, mapped to
     original pixels as the real model does."""
@@ -102,6 +119,42 @@ def test_every_view_comes_back_in_original_pixels() -> None:
         torch.testing.assert_close(view.boxes, torch.tensor([[20.0, 30.0, 60.0, 70.0]]), atol=1.0, rtol=0)
     torch.testing.assert_close(fused.boxes, torch.tensor([[20.0, 30.0, 60.0, 70.0]]), atol=1.0, rtol=0)
     torch.testing.assert_close(fused.scores, torch.tensor([0.8]))  # found by all 6 views
+
+
+def test_turned_views_come_back_in_original_pixels() -> None:
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[30:70, 20:60] = 255  # off-centre in both axes, on a non-square image: a wrong turn or size would show
+    tta = RecordingTTA([100, 200], hflip=True, turns=[0, 1, 2, 3])
+    assert tta.num_views == 16
+    (fused,) = tta.predict_arrays(BrightRegionModel(), [image])
+    assert len(tta.views) == 16
+    for view in tta.views:
+        torch.testing.assert_close(view.boxes, torch.tensor([[20.0, 30.0, 60.0, 70.0]]), atol=1.0, rtol=0)
+    torch.testing.assert_close(fused.scores, torch.tensor([0.8]))
+    with pytest.raises(ValueError, match="turns"):
+        TestTimeAugmentation([100], turns=[4])
+
+
+class ProposalEchoModel:
+    """A stand-in for FastRCNN.predict that detects exactly the proposals it is given, mapped to original pixels."""
+
+    def predict(self, images, original_sizes, proposals):
+        detections = []
+        for image, (height, width), boxes in zip(images, original_sizes, proposals):
+            scale = torch.tensor([width / image.shape[-1], height / image.shape[-2]] * 2)
+            detections.append(Detections(boxes * scale, torch.full((len(boxes),), 0.5),
+                                         torch.ones(len(boxes), dtype=torch.long)))
+        return detections
+
+
+def test_proposals_are_mirrored_and_turned_with_their_view() -> None:
+    image = torch.zeros(3, 50, 100)  # a view at half the original 100 x 200 image
+    proposals = torch.tensor([[10.0, 15.0, 30.0, 35.0]])  # view pixels: [20, 30, 60, 70] in the original
+    tta = RecordingTTA([100], hflip=True, turns=[0, 1, 3])
+    tta.predict(ProposalEchoModel(), [[image]], [(100, 200)], [[proposals]])
+    assert len(tta.views) == 6
+    for view in tta.views:
+        torch.testing.assert_close(view.boxes, torch.tensor([[20.0, 30.0, 60.0, 70.0]]))
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +210,10 @@ def test_sizes_and_flips_give_sorted_boxes_inside_the_image(small_model, images)
 def test_config_defaults_and_one_sentence_errors() -> None:
     assert build_tta(load_config(None, ["data.max_size=320"])).sizes == (320, 400)  # max_size and 1.25x it
     tta = build_tta(load_config(None, ["eval.tta_sizes=[256,256,512]", "eval.tta_hflip=false"]))
-    assert tta.sizes == (256, 512) and tta.num_views == 2
+    assert tta.sizes == (256, 512) and tta.num_views == 2 and tta.turns == (0,)
+    assert build_tta(load_config(None, ["eval.tta_sizes=[256]", "eval.tta_turns=[0,1]"])).num_views == 4
+    with pytest.raises(DetectorError, match="'eval.tta_turns'"):
+        build_tta(load_config(None, ["eval.tta_turns=[0,4]"]))
     with pytest.raises(DetectorError, match="'eval.tta_sizes'"):
         build_tta(load_config(None, ["eval.tta_sizes=[0]"]))
     with pytest.raises(DetectorError, match="'eval.tta_iou'"):
