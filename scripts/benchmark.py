@@ -197,11 +197,13 @@ def row_config(args: argparse.Namespace, row: Row) -> Config:
 
 def config_key(kind: str, config: Config) -> str:
     """Identity of a training run: the model kind and every option that differs from its default, without the run
-    folder name and the tracker's options (they change no figure here). Options left at their default are left out,
-    so an option added later (off by default) keeps the rows measured before it."""
+    folder name, the tracker's options and, while eval.tta is off, the TTA's own options (they change no figure
+    here). Options left at their default are left out, so an option added later (off by default) keeps the rows
+    measured before it."""
     values, defaults = config.to_dict(), Config().to_dict()
+    unused = {"name", *(() if config.eval.tta else (k for k in values["eval"] if k.startswith("tta_")))}
     changed = {section: {name: value for name, value in options.items()
-                         if name != "name" and value != defaults[section].get(name)}
+                         if name not in unused and value != defaults[section].get(name)}
                for section, options in values.items() if section != "track"}
     return hashlib.sha1(json.dumps([kind, changed], sort_keys=True).encode()).hexdigest()[:16]
 
