@@ -216,17 +216,16 @@ def test_the_row_identity_ignores_options_left_at_their_default(benchmark):
     """A row measured before an option existed is kept: the identity leaves out options at their default (and the
     tracker's options, which change no detection figure, and the TTA's while it is off), but any option set away
     from its default changes it."""
-    base = load_config("configs/demo.yaml")
+    demo = lambda *overrides: load_config("configs/demo.yaml", list(overrides))  # apply_overrides works in place
+    base = demo()
     key = benchmark.config_key("ours", base)
-    same = apply_overrides(base, ["augment.weather=0.0", "track.max_lost=5", "train.name=other",
-                                  "eval.tta_turns=[0,1]"])
+    same = demo("augment.weather=0.0", "track.max_lost=5", "train.name=other", "eval.tta_turns=[0,1]")
     assert benchmark.config_key("ours", same) == key  # the TTA's options count only with eval.tta on
-    with_tta = apply_overrides(base, ["eval.tta=true"])
-    assert benchmark.config_key("ours", with_tta) != key
-    assert benchmark.config_key("ours", apply_overrides(with_tta, ["eval.tta_turns=[0,1]"])) != \
-        benchmark.config_key("ours", with_tta)
-    assert benchmark.config_key("ours", apply_overrides(base, ["augment.weather=0.5"])) != key
-    assert benchmark.config_key("ours", apply_overrides(base, ["train.seed=1"])) != key
+    with_tta = benchmark.config_key("ours", demo("eval.tta=true"))
+    assert with_tta != key
+    assert benchmark.config_key("ours", demo("eval.tta=true", "eval.tta_turns=[0,1]")) != with_tta
+    assert benchmark.config_key("ours", demo("augment.weather=0.5")) != key
+    assert benchmark.config_key("ours", demo("train.seed=1")) != key
     assert benchmark.config_key("peer", base) != key
 
 
