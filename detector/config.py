@@ -226,8 +226,8 @@ class EvalConfig:
     tta: bool = False
     tta_sizes: list[int] = field(default_factory=list)  # longest sides; empty = data.max_size and 1.25x it
     tta_hflip: bool = True
-    # quarter turns counter-clockwise, each a view (with and without the flip): [0, 1] adds the image turned a
-    # quarter, for images seen from above (a model trained with augment.rotate90); [0] = no turned view
+    # quarter turns counter-clockwise (0-3), each a view (with and without the flip): [0, 1] adds the image turned a
+    # quarter, for images seen from above (a model trained with augment.rotate90); [0] or empty = no turned view
     tta_turns: list[int] = field(default_factory=lambda: [0])
     tta_fusion: str = "wbf"  # wbf (weighted box fusion) | nms
     tta_iou: float = 0.55  # boxes of different views at or above this IoU are fused
@@ -415,6 +415,7 @@ _RANGES = {
     "train.step_milestones": _between(0.0, 1.0, low_open=True, high_open=True),
     "augment.crop_scale": _between(0.0, 1.0, low_open=True),
     "augment.rotate": _between(0.0, 180.0),
+    "eval.tta_turns": _between(0, 3),
     **{key: _POSITIVE for key in ("train.lr", "model.anchor_sizes", "model.anchor_ratios", "augment.scale")},
     **{key: _NON_NEGATIVE for key in (
         "train.weight_decay", "train.clip_grad_norm", "train.time_budget_min", "model.box_loss_weight",

@@ -214,8 +214,9 @@ class TestTimeAugmentation:
 
 
 def build_tta(config: Config) -> TestTimeAugmentation:
-    """The TTA of a config: eval.tta_sizes (empty = data.max_size and 1.25x it), eval.tta_hflip, eval.tta_turns,
-    eval.tta_fusion, eval.tta_iou, and model.detections_per_image detections per image."""
+    """The TTA of a config: eval.tta_sizes (empty = data.max_size and 1.25x it), eval.tta_hflip, eval.tta_turns
+    (empty = [0]; their range is checked when the config is read), eval.tta_fusion, eval.tta_iou, and
+    model.detections_per_image detections per image."""
     sizes = list(config.eval.tta_sizes) or [config.data.max_size, round(1.25 * config.data.max_size)]
     if min(sizes) < 1:
         raise DetectorError(f"config key 'eval.tta_sizes' must list longest image sides of at least 1 pixel, "
@@ -226,9 +227,5 @@ def build_tta(config: Config) -> TestTimeAugmentation:
         raise DetectorError(f"config key 'eval.tta_fusion' is '{config.eval.tta_fusion}'; expected wbf or nms")
     if config.model.detections_per_image < 1:
         raise DetectorError("config key 'model.detections_per_image' must be at least 1")
-    turns = list(config.eval.tta_turns)
-    if not turns or not set(turns) <= {0, 1, 2, 3}:
-        raise DetectorError(f"config key 'eval.tta_turns' must list quarter turns from 0 to 3 (0: the image as it is), "
-                            f"got {turns}")
     return TestTimeAugmentation(sizes, config.eval.tta_hflip, config.eval.tta_fusion, config.eval.tta_iou,
-                                config.model.detections_per_image, turns)
+                                config.model.detections_per_image, config.eval.tta_turns or [0])

@@ -9,17 +9,13 @@ image ids are mapped back to file names by reading the test block of configs/dro
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import re
 from pathlib import Path
 
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-
 from detector.config import load_config
 from detector.data.build import filter_records, read_split
+from detector.evaluation import _run_coco_eval
 
 SUBSETS = {"tiles 7_*": r"^7_", "Drone2 frames 529-579": r"^Drone2"}
 
@@ -35,21 +31,16 @@ def main() -> None:
     names = {record.image_id: record.image_path.name for record in dataset.records}
     results = {}
     for folder in args.folders:
-        truth = COCO()
-        truth.dataset = json.loads((Path(folder) / "ground_truth.json").read_text())
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints as it goes
-            truth.createIndex()
-            found = truth.loadRes(str(Path(folder) / "detections.json"))
+        truth = json.loads((Path(folder) / "ground_truth.json").read_text())
+        found = json.loads((Path(folder) / "detections.json").read_text())
         for subset, pattern in SUBSETS.items():
-            evaluation = COCOeval(truth, found, "bbox")
-            evaluation.params.imgIds = [i for i, name in names.items() if re.match(pattern, name)]
-            with contextlib.redirect_stdout(io.StringIO()):
-                evaluation.evaluate()
-                evaluation.accumulate()
-                evaluation.summarize()
-            results[f"{folder} | {subset}"] = {"images": len(evaluation.params.imgIds),
-                                               **{k: round(float(evaluation.stats[i]), 4)
-                                                  for i, k in enumerate(("AP", "AP50", "AP75"))}}
+            ids = {i for i, name in names.items() if re.match(pattern, name)}
+            # the project's COCO evaluation (detector.evaluation) on that part's images alone
+            part = {**truth, "images": [image for image in truth["images"] if image["id"] in ids],
+                    "annotations": [a for a in truth["annotations"] if a["image_id"] in ids]}
+            evaluation, _ = _run_coco_eval(part, [d for d in found if d["image_id"] in ids])
+            results[f"{folder} | {subset}"] = {"images": len(ids), **{
+                key: round(float(evaluation.stats[i]), 4) for i, key in enumerate(("AP", "AP50", "AP75"))}}
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 

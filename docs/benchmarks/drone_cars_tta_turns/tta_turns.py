@@ -50,16 +50,19 @@ def _cpu() -> str:
 
 def score(checkpoint: str, split: str, variant: str, out: Path) -> dict:
     """Run `detector eval` on one split with one variant; its metrics and seconds per image."""
-    if out.exists():
-        metrics = json.loads((out / "metrics.json").read_text())  # scored by an earlier, interrupted run
-        return {"metrics": metrics, "seconds_per_image": None, "reused": str(out)}
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    if (out / "metrics.json").is_file():  # scored by an earlier, interrupted run
+        metrics = json.loads((out / "metrics.json").read_text())
+        return {"metrics": {k: metrics[k] for k in keys}, "seconds_per_image": None, "reused": str(out)}
     command = [str(Path(sys.executable).parent / "detector"), "eval", checkpoint, DATASET, "--format", "yolo",
                "--split", split, "--out", str(out), *VARIANTS[variant]]
     start = time.perf_counter()
-    subprocess.run(command, check=True)
+    if subprocess.run(command).returncode != 0:
+        raise SystemExit(f"tta_turns.py: `detector eval` of {checkpoint} on {split} with {variant} failed (its message "
+                         f"is above); summary.json keeps the variants scored so far")
     seconds = time.perf_counter() - start
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"metrics": {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+    return {"metrics": {k: metrics[k] for k in keys},
             "seconds_per_image": round(seconds / IMAGES[split], 3), "command": " ".join(command)}
 
 
