@@ -4,13 +4,14 @@
     .venv/bin/python scripts/bench_inference.py -c configs/demo.yaml --size 320 --repeats 2 --video-frames 30 \
         --out /tmp/inference.json                                                      # a few-minute smoke run
 
-Groups (``--only``): proposals (RPN test-time post/pre_nms_top_n), channels_last (NHWC backbone), threads,
-compile (torch.compile of the backbone), onnx (the backbone in ONNX Runtime), batch (1 vs 4 images per call) and
-video (``run_detection``: end-to-end FPS against model-only FPS). Figures are median ms per image of ``--repeats``
-``FastRCNN.predict`` calls after ``--warmup`` ones, batch 1 unless said, on drone images (``--images``) resized to
-``--size`` (smooth noise if absent). A group's variants take turns call by call (A, B, A, B, ...) so load from
-other processes hits them alike; speedups are against the group's first row. With ``-c`` the weights are random:
-speed depends on them only through the proposals and detections they keep (the proposals rows count them).
+Groups (``--only``): proposals (RPN test-time post/pre_nms_top_n), stages (a Cascade R-CNN checkpoint run with its
+first 1, 2, ... stages, in the product's runtime: what the cascade costs over a single-stage head), channels_last
+(NHWC backbone), threads, compile (torch.compile of the backbone), onnx (the backbone in ONNX Runtime), batch (1 vs 4
+images per call) and video (``run_detection``: end-to-end FPS against model-only FPS). Figures are median ms per image
+of ``--repeats`` ``FastRCNN.predict`` calls after ``--warmup`` ones, batch 1 unless said, on drone images
+(``--images``) resized to ``--size`` (smooth noise if absent). A group's variants take turns call by call (A, B, A, B,
+...) so load from other processes hits them alike; speedups are against the group's first row. With ``-c`` the weights
+are random: speed depends on them only through the proposals and detections they keep (the proposals rows count them).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from detector.api import Detector
 from detector.config import Config, load_config
 from detector.data.images import list_images, load_image
 from detector.data.transforms import build_transform
+from detector.cascade import CascadeRoIHeads
 from detector.checkpoint import load_detector
 from detector.detector import FastRCNN, build_detector
 from detector.runs import json_safe
@@ -52,9 +54,9 @@ from detector.structures import DetectorError
 from detector.video import run_detection
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # the read-only data beside the repo
-GROUPS = ("proposals", "channels_last", "threads", "compile", "onnx", "batch", "video")
+GROUPS = ("proposals", "stages", "channels_last", "threads", "compile", "onnx", "batch", "video")
 # compile runs last: a compile that runs over --compile-timeout cannot be stopped and keeps a core busy
-RUN_ORDER = ("proposals", "channels_last", "threads", "onnx", "batch", "video", "compile")
+RUN_ORDER = ("proposals", "stages", "channels_last", "threads", "onnx", "batch", "video", "compile")
 BATCH = 4  # images loaded, and images per call in the batch group
 ONNX_TOLERANCE = 1e-3  # ONNX Runtime's features must match the torch backbone's within this (abs and rel)
 VIDEO_FPS_GOAL = 0.9  # end-to-end / model-only FPS: decoding, drawing and writing should hide behind the model
@@ -225,6 +227,35 @@ def bench_proposals(setup: Setup) -> list[Row]:
         rpn.pre_nms_top_n, rpn.post_nms_top_n = original
 
 
+def first_stages(model: FastRCNN, count: int) -> FastRCNN:
+    """A copy of a Cascade R-CNN model that runs only its first ``count`` stages (1: a single-stage head's work on the
+    same proposals: one pooling, one box head, no refinement)."""
+    variant = copy.deepcopy(model)
+    heads = variant.roi_heads
+    heads.box_heads, heads.predictors = heads.box_heads[:count], heads.predictors[:count]
+    heads.stage_ious, heads.box_coders = heads.stage_ious[:count], heads.box_coders[:count]
+    return variant
+
+
+def bench_stages(setup: Setup) -> list[Row]:
+    """The cascade with its first 1, 2, ... stages, each in the product's runtime (`Detector`: ONNX Runtime backbone
+    on CPU); the first row, one stage, is what the single-stage head of the same model would cost."""
+    heads = setup.model.roi_heads
+    if not isinstance(heads, CascadeRoIHeads):
+        return [Row("stages", "-", None, None, "single-stage head (model.cascade_ious is empty): no cascade to time")]
+    variants, notes = {}, {}
+    for count in range(1, heads.num_stages + 1):
+        detector = Detector(first_stages(setup.model, count), setup.config, "cpu")
+        name = f"{count} of {heads.num_stages} stages"
+        variants[name] = predict_fn(detector.model, setup)
+        whole = " (the checkpoint as it runs)" if count == heads.num_stages else ""
+        notes[name] = f"{detector.runtime} backbone{whole}"
+    rows = rows_from("stages", time_interleaved(variants, setup), notes=notes)
+    for row in rows[1:]:
+        row.note += f"; {1 / row.speedup:.2f}x the one-stage time"
+    return rows
+
+
 def bench_channels_last(setup: Setup) -> list[Row]:
     nhwc = with_backbone(setup.model, ChannelsLastBackbone)
     return against_eager(setup, "channels_last", ("contiguous (NCHW)", "channels_last (NHWC)"), nhwc)
@@ -360,7 +391,8 @@ def markdown_table(rows: list[Row]) -> str:
 
 
 BENCHES: dict[str, Callable[[Setup], list[Row]]] = {
-    "proposals": bench_proposals, "channels_last": bench_channels_last, "threads": bench_threads,
+    "proposals": bench_proposals, "stages": bench_stages, "channels_last": bench_channels_last,
+    "threads": bench_threads,
     "compile": bench_compile, "onnx": bench_onnx, "batch": bench_batch, "video": bench_video,
 }
 
