@@ -130,8 +130,10 @@ def detections_to_coco(image_ids: list[int], detections: list[Detections],
     return results
 
 
-def _run_coco_eval(ground_truth: dict, results: list[dict]) -> tuple[COCOeval, str]:
-    """Runs bbox COCOeval in memory; returns it and the printed summary (pycocotools talks on stdout)."""
+def run_coco_eval(ground_truth: dict, results: list[dict]) -> tuple[COCOeval, str]:
+    """Bbox COCOeval of ``results`` (COCO detection dicts) against ``ground_truth`` (a COCO dataset dict), in memory,
+    quietly; returns it (``.stats[0]`` is AP) and its printed summary. Scores a subset of images when both are cut to
+    them (docs/benchmarks/drone_cars_tta_turns/subset_ap.py)."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = copy.deepcopy(ground_truth)
@@ -363,7 +365,7 @@ class COCOEvaluator:
         self._require_images("evaluate")
         ground_truth = self.ground_truth()
         # Evaluate exactly what save_results_json writes, so pycocotools on that file reproduces these numbers.
-        coco_eval, summary = _run_coco_eval(ground_truth, self.results())
+        coco_eval, summary = run_coco_eval(ground_truth, self.results())
         metrics = {name: _undefined_to_nan(value) for name, value in zip(METRIC_NAMES, coco_eval.stats)}
         precision = coco_eval.eval["precision"]  # (T, R, K, A, M)
         iou50 = _iou_index(coco_eval, 0.5)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from detector.config import load_config
 from detector.data.build import filter_records, read_split
-from detector.evaluation import _run_coco_eval
+from detector.evaluation import run_coco_eval
 
 SUBSETS = {"tiles 7_*": r"^7_", "Drone2 frames 529-579": r"^Drone2"}
 
@@ -38,7 +38,7 @@ def main() -> None:
             # the project's COCO evaluation (detector.evaluation) on that part's images alone
             part = {**truth, "images": [image for image in truth["images"] if image["id"] in ids],
                     "annotations": [a for a in truth["annotations"] if a["image_id"] in ids]}
-            evaluation, _ = _run_coco_eval(part, [d for d in found if d["image_id"] in ids])
+            evaluation, _ = run_coco_eval(part, [d for d in found if d["image_id"] in ids])
             results[f"{folder} | {subset}"] = {"images": len(ids), **{
                 key: round(float(evaluation.stats[i]), 4) for i, key in enumerate(("AP", "AP50", "AP75"))}}
     Path(args.out).write_text(json.dumps(results, indent=2))
