@@ -1,9 +1,11 @@
 """Which line crossings the demo checkpoint's tracks miss on the driver's-eye benchmark videos (docs/BENCHMARKS.md,
 issue 13): the crossing events of the true trajectories against those of `detector track`'s counts.json.
 
-    python docs/benchmarks/tracking_demo480/crossings.py   # from the repository root; runs/demo/train/best.pt
+    python docs/benchmarks/tracking_demo480/crossings.py [CHECKPOINT [OUT_JSON]]   # from the repository root
 
-Renders the two driver's-eye videos of scripts/track_benchmark.py under work/ (ignored) and writes crossings.json.
+CHECKPOINT defaults to runs/demo/train/best.pt, OUT_JSON to crossings.json beside this script. Renders the two
+driver's-eye videos of scripts/track_benchmark.py under work/ (ignored). Besides the true crossings that no event of
+ours matches within a frame (missed), it lists our events that match no true crossing in their direction (extra).
 """
 import json, shutil, sys
 from pathlib import Path
@@ -14,7 +16,9 @@ from detector.data.synthetic import render_video
 from detector.track.run import run_tracking
 
 HERE = Path(__file__).parent
-detector = Detector.load("runs/demo/train/best.pt")
+checkpoint = sys.argv[1] if len(sys.argv) > 1 else "runs/demo/train/best.pt"
+out = Path(sys.argv[2]) if len(sys.argv) > 2 else HERE / "crossings.json"
+detector = Detector.load(checkpoint)
 report = {}
 for name in ("driver", "driver, stop-and-go + occlusions"):
     spec = tb.VIDEOS[name]
@@ -31,6 +35,12 @@ for name in ("driver", "driver, stop-and-go + occlusions"):
     counts = json.loads((folder / "ours" / "counts.json").read_text())
     ours = [{"frame": e["frame"], "track_id": e["track_id"], "direction": e["direction"]} for e in counts["events"]]
     unmatched = [t for t in truth if not any(abs(o["frame"] - t["frame"]) <= 1 for o in ours)]
-    report[name] = {"true": truth, "ours": ours, "true crossings with no event of ours within a frame": unmatched}
-(HERE / "crossings.json").write_text(json.dumps(report, indent=1))
-print(json.dumps({name: r["true crossings with no event of ours within a frame"] for name, r in report.items()}))
+    extra = [o for o in ours
+             if not any(abs(o["frame"] - t["frame"]) <= 1 and o["direction"] == t["direction"] for t in truth)]
+    report[name] = {"checkpoint": checkpoint, "true": truth, "ours": ours,
+                    "true crossings with no event of ours within a frame": unmatched,
+                    "events of ours with no true crossing in their direction within a frame": extra}
+out.write_text(json.dumps(report, indent=1))
+print(json.dumps({name: {"missed": r["true crossings with no event of ours within a frame"],
+                         "extra": r["events of ours with no true crossing in their direction within a frame"]}
+                  for name, r in report.items()}))
