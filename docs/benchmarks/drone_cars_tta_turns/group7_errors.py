@@ -1,0 +1,110 @@
+"""What the drone test block's tile group 7 loses (docs/BENCHMARKS.md, issue 11): per-part error counts of a scored
+`detector eval` folder, long vehicles per block from the labels, and a picture of chosen tiles. A diagnosis made after
+the test block was scored once: no setting was chosen from it.
+
+    python docs/benchmarks/drone_cars_tta_turns/group7_errors.py OUT_PREFIX EVAL_FOLDER [...] --tiles TILE [...]
+
+Writes OUT_PREFIX.json (errors per EVAL_FOLDER) and OUT_PREFIX.jpg: the tiles with the first folder's detections
+(labels green, detections with score >= 0.5 red with their score).
+A detection matches the unmatched label of highest IoU (>= 0.5), in descending score order, as COCO does at IoU 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from detector.boxes import box_iou
+from detector.config import load_config
+from detector.data.build import filter_records, read_split
+
+SCORE = 0.5
+LONG = 200  # px at 640: a bus or a truck (the car labels' long side: median 93-95 px in every block)
+
+
+def xyxy(coco_boxes: list[list[float]]) -> torch.Tensor:
+    boxes = torch.tensor(coco_boxes, dtype=torch.float32).reshape(-1, 4)
+    return torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1)
+
+
+def errors(labels: torch.Tensor, found: torch.Tensor) -> dict[str, int]:
+    """Labels missed at IoU 0.5 (and how many of them are long vehicles), detections matching no label, and matches
+    under IoU 0.75 (loose); boxes at 640 px."""
+    iou = box_iou(found, labels) if len(found) and len(labels) else torch.zeros((len(found), len(labels)))
+    free, loose, extra = torch.ones(len(labels), dtype=torch.bool), 0, 0
+    for row in iou:
+        best = int(torch.argmax(torch.where(free, row, -1.0))) if len(labels) else -1
+        if best >= 0 and free[best] and row[best] >= 0.5:
+            free[best] = False
+            loose += int(row[best] < 0.75)
+        else:
+            extra += 1
+    long = (labels[:, 2:] - labels[:, :2]).max(1).values >= LONG
+    return {"labels": len(labels), "missed": int(free.sum()), "missed long vehicles": int((free & long).sum()),
+            "false": extra, "loose": loose}
+
+
+def long_sides(record) -> np.ndarray:
+    """The long side of each label of an ImageRecord, in pixels at 640."""
+    boxes = np.asarray(record.boxes, np.float64).reshape(-1, 4)
+    return (boxes[:, 2:] - boxes[:, :2]).max(1) * 640 / max(record.height, record.width)
+
+
+def draw(path: Path, labels: torch.Tensor, boxes: torch.Tensor, kept: list[dict]) -> np.ndarray:
+    image = cv2.imread(str(path))
+    for box in labels.int().tolist():
+        cv2.rectangle(image, tuple(box[:2]), tuple(box[2:]), (0, 255, 0), 2)
+    for box, detection in zip(boxes.int().tolist(), kept):
+        cv2.rectangle(image, tuple(box[:2]), tuple(box[2:]), (0, 0, 255), 1)
+        cv2.putText(image, f"{detection['score']:.2f}", (box[0], box[1] - 3), 0, 0.45, (0, 0, 255), 1)
+    return cv2.resize(image, (640, 640))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_prefix")
+    parser.add_argument("folders", nargs="+")
+    parser.add_argument("--tiles", nargs="+", required=True)
+    args = parser.parse_args()
+    config = load_config("configs/drone_cars.yaml", [])
+    records = read_split(config.data, config.data.train_path, config.model.class_names)
+    report: dict = {"long vehicles (label long side >= 200 px at 640)": {}}
+    for split, pattern in (("train", config.data.train_filter), ("val", config.data.val_filter),
+                           ("test", config.data.test_filter)):
+        block = filter_records(records, pattern, True, f"data.{split}_filter").records
+        sides = np.concatenate([long_sides(record) for record in block])
+        report["long vehicles (label long side >= 200 px at 640)"][split] = {
+            "labels": len(sides), "long": int((sides >= LONG).sum()), "share": round(float((sides >= LONG).mean()), 4)}
+    test = {r.image_id: r for r in filter_records(records, config.data.test_filter, True, "data.test_filter").records}
+    pictures: list[tuple[int, np.ndarray]] = []
+    for folder in args.folders:
+        truth = json.loads((Path(folder) / "ground_truth.json").read_text())
+        found = json.loads((Path(folder) / "detections.json").read_text())
+        parts: dict[str, dict[str, int]] = {}
+        for image_id, record in test.items():
+            labels = xyxy([a["bbox"] for a in truth["annotations"]
+                           if a["image_id"] == image_id and not a.get("iscrowd")])
+            kept = sorted((d for d in found if d["image_id"] == image_id and d["score"] >= SCORE),
+                          key=lambda d: -d["score"])
+            boxes = xyxy([d["bbox"] for d in kept])
+            part = parts.setdefault("tiles 7_*" if record.image_path.name.startswith("7_") else
+                                    "Drone2 frames 529-579", {})
+            for key, value in errors(labels, boxes).items():
+                part[key] = part.get(key, 0) + value
+            if folder == args.folders[0] and record.image_path.name in args.tiles:
+                picture = draw(record.image_path, labels, boxes, kept)
+                pictures.append((args.tiles.index(record.image_path.name), picture))
+        report[f"errors at score >= {SCORE} ({folder})"] = parts
+    Path(f"{args.out_prefix}.json").write_text(json.dumps(report, indent=2) + "\n")
+    cv2.imwrite(f"{args.out_prefix}.jpg", cv2.hconcat([p for _, p in sorted(pictures, key=lambda t: t[0])]),
+                [cv2.IMWRITE_JPEG_QUALITY, 80])
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
