@@ -2,10 +2,12 @@
 `detector eval` folder, long vehicles per block from the labels, and a picture of chosen tiles. A diagnosis made after
 the test block was scored once: no setting was chosen from it.
 
-    python docs/benchmarks/drone_cars_tta_turns/group7_errors.py OUT_PREFIX EVAL_FOLDER [...] --tiles TILE [...]
+    python docs/benchmarks/drone_cars_tta_turns/group7_errors.py OUT_PREFIX EVAL_FOLDER [...] [--split val]
+        [--tiles TILE ...]
 
-Writes OUT_PREFIX.json (errors per EVAL_FOLDER) and OUT_PREFIX.jpg: the tiles with the first folder's detections
-(labels green, detections with score >= 0.5 red with their score).
+EVAL_FOLDER: what `detector eval ... --split test|val --out EVAL_FOLDER` wrote. Writes OUT_PREFIX.json (errors per
+EVAL_FOLDER, per part of the block: its tile group and its Drone2 frames) and, with --tiles, OUT_PREFIX.jpg: those
+tiles with the first folder's detections (labels green, detections with score >= 0.5 red with their score).
 A detection matches the unmatched label of highest IoU (>= 0.5), in descending score order, as COCO does at IoU 0.5.
 """
 
@@ -69,31 +71,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_prefix")
     parser.add_argument("folders", nargs="+")
-    parser.add_argument("--tiles", nargs="+", required=True)
+    parser.add_argument("--split", choices=("test", "val"), default="test", help="the block the folders scored")
+    parser.add_argument("--tiles", nargs="+", default=[])
     args = parser.parse_args()
     config = load_config("configs/drone_cars.yaml", [])
     records = read_split(config.data, config.data.train_path, config.model.class_names)
     report: dict = {"long vehicles (label long side >= 200 px at 640)": {}}
     for split, pattern in (("train", config.data.train_filter), ("val", config.data.val_filter),
                            ("test", config.data.test_filter)):
-        block = filter_records(records, pattern, True, f"data.{split}_filter").records
-        sides = np.concatenate([long_sides(record) for record in block])
+        sides = np.concatenate([long_sides(record) for record in
+                                filter_records(records, pattern, True, f"data.{split}_filter").records])
         report["long vehicles (label long side >= 200 px at 640)"][split] = {
             "labels": len(sides), "long": int((sides >= LONG).sum()), "share": round(float((sides >= LONG).mean()), 4)}
-    test = {r.image_id: r for r in filter_records(records, config.data.test_filter, True, "data.test_filter").records}
+    block = filter_records(records, getattr(config.data, f"{args.split}_filter"), True, f"data.{args.split}_filter")
+    by_id = {record.image_id: record for record in block.records}
     pictures: list[tuple[int, np.ndarray]] = []
     for folder in args.folders:
         truth = json.loads((Path(folder) / "ground_truth.json").read_text())
         found = json.loads((Path(folder) / "detections.json").read_text())
         parts: dict[str, dict[str, int]] = {}
-        for image_id, record in test.items():
+        for image_id, record in by_id.items():
             labels = xyxy([a["bbox"] for a in truth["annotations"]
                            if a["image_id"] == image_id and not a.get("iscrowd")])
             kept = sorted((d for d in found if d["image_id"] == image_id and d["score"] >= SCORE),
                           key=lambda d: -d["score"])
             boxes = xyxy([d["bbox"] for d in kept])
-            part = parts.setdefault("tiles 7_*" if record.image_path.name.startswith("7_") else
-                                    "Drone2 frames 529-579", {})
+            name = record.image_path.name
+            part = parts.setdefault(f"tiles {name[0]}_*" if name[0].isdigit() else "Drone2 frames", {})
             for key, value in errors(labels, boxes).items():
                 part[key] = part.get(key, 0) + value
             if folder == args.folders[0] and record.image_path.name in args.tiles:
@@ -101,8 +105,9 @@ def main() -> None:
                 pictures.append((args.tiles.index(record.image_path.name), picture))
         report[f"errors at score >= {SCORE} ({folder})"] = parts
     Path(f"{args.out_prefix}.json").write_text(json.dumps(report, indent=2) + "\n")
-    cv2.imwrite(f"{args.out_prefix}.jpg", cv2.hconcat([p for _, p in sorted(pictures, key=lambda t: t[0])]),
-                [cv2.IMWRITE_JPEG_QUALITY, 80])
+    if pictures:
+        cv2.imwrite(f"{args.out_prefix}.jpg", cv2.hconcat([p for _, p in sorted(pictures, key=lambda t: t[0])]),
+                    [cv2.IMWRITE_JPEG_QUALITY, 80])
     print(json.dumps(report, indent=2))
 
 
