@@ -248,6 +248,9 @@ class TrackConfig:
     trail: int = 30  # positions drawn behind each car
     speed_window_s: float = 1.0  # speed = ground distance over this many seconds (with --homography)
     line_tolerance: float = 2.0  # pixels from a counting line within which a car keeps its side
+    # sightings in a row on the far side of a line before a crossing counts (1: at once); 2 ignores a box that jumps
+    # across for one frame (a track that ends there, or a box moved onto another car)
+    line_min_frames: int = 1
 
 
 @dataclass
@@ -427,7 +430,7 @@ _RANGES = {
         "model.fpn_channels", "model.selective_search_max", "model.rpn_pre_nms_top_n_train",
         "model.rpn_pre_nms_top_n_test", "model.rpn_post_nms_top_n_train", "model.rpn_post_nms_top_n_test",
         "model.head_dim", "model.detections_per_image", "data.synthetic_train_images", "data.synthetic_val_images",
-        "eval.batch_size")},
+        "eval.batch_size", "track.line_min_frames")},
     **{key: (lambda v: v >= 32, "at least 32 pixels") for key in ("data.synthetic_size", "augment.sizes", "eval.tta_sizes")},
 }
 _LENGTHS = {"data.synthetic_size": 2, "augment.scale": 2, "augment.crop_scale": 2}

@@ -7,7 +7,10 @@ pixels.
   from the first point to the second (image coordinates, y down). A track counts when its position moves from one
   side to the other across the segment itself; each track counts at most once per line, so a car that stops on
   the line, jitters across it or turns back is counted once. Positions within ``tolerance`` pixels of the line
-  keep the side the track was last seen on.
+  keep the side the track was last seen on. With ``min_frames`` above 1 a crossing counts only once the track has
+  been seen on the new side that many times in a row (supervision's ``minimum_crossing_threshold``): a box
+  that jumps across the line for a frame and back, or whose track ends there, is not a car crossing. The event keeps
+  the frame where the track first showed on the new side.
 - `ZoneCounter`: a simple polygon (three or more points, no crossing edges). Occupancy per frame, an event for
   every entry and exit, and each track's dwell time (frames inside / fps).
 """
@@ -66,15 +69,19 @@ def _segments_intersect(p1: np.ndarray, p2: np.ndarray, q1: np.ndarray, q2: np.n
 class LineCounter:
     """Crossings of the segment ``start`` -> ``end`` per direction and class (see the module doc)."""
 
-    def __init__(self, name: str, start: tuple[float, float], end: tuple[float, float], tolerance: float = 2.0) -> None:
+    def __init__(self, name: str, start: tuple[float, float], end: tuple[float, float], tolerance: float = 2.0,
+                 min_frames: int = 1) -> None:
         self.name, self.start, self.end = name, np.asarray(start, np.float64), np.asarray(end, np.float64)
         self.length = float(np.hypot(*(self.end - self.start)))
         if self.length == 0:
             raise DetectorError(f"line {name!r}: its two points are the same; expected a segment")
-        self.tolerance = tolerance
+        if min_frames < 1:
+            raise DetectorError(f"line {name!r}: min_frames is {min_frames}; expected at least 1")
+        self.tolerance, self.min_frames = tolerance, min_frames
         self.counts: dict[str, dict[str, int]] = {"left": {}, "right": {}}
-        self._side: dict[int, int] = {}  # track id -> last definite side (+1 left, -1 right)
+        self._side: dict[int, int] = {}  # track id -> last settled side (+1 left, -1 right)
         self._position: dict[int, np.ndarray] = {}  # track id -> position where that side was last seen
+        self._pending: dict[int, tuple[int, float, int]] = {}  # track id -> (frame, time, frames seen) on the far side
         self._counted: set[int] = set()
 
     def _signed_distance(self, point: np.ndarray) -> float:
@@ -85,20 +92,32 @@ class LineCounter:
         """``tracks``: (track id, class name, (2,) position) of the tracks seen in this frame."""
         events = []
         for track_id, label, point in tracks:
+            point = np.asarray(point, np.float64)
             distance = self._signed_distance(point)
             if abs(distance) <= self.tolerance:
                 continue  # on the line: the side stays what it was
             side = 1 if distance > 0 else -1
-            previous, before = self._side.get(track_id), self._position.get(track_id)
-            self._side[track_id], self._position[track_id] = side, np.asarray(point, np.float64)
-            if previous is None or previous == side or track_id in self._counted:
+            previous = self._side.get(track_id)
+            if previous is None or previous == side:  # first seen, or still on its side: nothing pending
+                self._side[track_id], self._position[track_id] = side, point
+                self._pending.pop(track_id, None)
                 continue
-            if not _segments_intersect(before, np.asarray(point, np.float64), self.start, self.end):
-                continue  # went round the end of the line, not across it
+            if track_id not in self._pending:
+                if track_id in self._counted or not _segments_intersect(self._position[track_id], point, self.start,
+                                                                         self.end):
+                    self._side[track_id], self._position[track_id] = side, point  # counted, or went round the end
+                    continue
+                self._pending[track_id] = (frame, time_s, 0)
+            first_frame, first_time, seen = self._pending[track_id]
+            self._pending[track_id] = (first_frame, first_time, seen + 1)
+            if seen + 1 < self.min_frames:
+                continue
+            del self._pending[track_id]
+            self._side[track_id], self._position[track_id] = side, point
             direction = "left" if side > 0 else "right"
             self._counted.add(track_id)
             self.counts[direction][label] = self.counts[direction].get(label, 0) + 1
-            events.append(CountEvent(self.name, "cross", direction, track_id, label, frame, time_s))
+            events.append(CountEvent(self.name, "cross", direction, track_id, label, first_frame, first_time))
         return events
 
     def total(self, direction: str | None = None) -> int:

@@ -245,7 +245,8 @@ def run_tracking(detector: FramePredictor, source: str | int | Path, out_dir: st
             _check_inside(f"line {name}", np.array([start, end]), opened.frame_size)
         for name, points in zone_specs:
             _check_inside(f"zone {name}", points, opened.frame_size)
-        line_counters = [LineCounter(name, start, end, config.line_tolerance) for name, start, end in line_specs]
+        line_counters = [LineCounter(name, start, end, config.line_tolerance, config.line_min_frames)
+                         for name, start, end in line_specs]
         zone_counters = [ZoneCounter(name, points, fps) for name, points in zone_specs]
         speed = SpeedEstimator(matrix, config.speed_window_s) if matrix is not None else None
         step = _FrameSteps(config, list(detector.class_names), line_counters, zone_counters, speed, fps)

@@ -227,6 +227,22 @@ def test_line_counting_on_scripted_paths():
     assert line.counts == {"left": {"car": 3}, "right": {"truck": 1}} and line.total() == 4
 
 
+def test_a_crossing_counts_after_min_frames_sightings_on_the_far_side():
+    """min_frames=2: a box that jumps across the line for one frame (its track then ends, or it jumps back) is not a
+    crossing; a car that stays over counts once, at the frame it first showed there; 1 counts at once as before."""
+    one, two = LineCounter("gate", (0, 100), (200, 100)), LineCounter("gate", (0, 100), (200, 100), min_frames=2)
+    blip = [(40, 130), (40, 95)]  # from 30 px below to 5 px above the line, then the track ends
+    assert [e.direction for e in _path(one, blip, 1)] == ["left"] and _path(two, blip, 1) == []
+    back = [(60, 130), (60, 90), (60, 120), (60, 125)]  # above for one frame, then below again
+    assert len(_path(one, back, 2)) == 1 and _path(two, back, 2) == []
+    through = [(80, 130), (80, 110), (80, 90), (80, 100.5), (80, 70), (80, 40)]  # over, on the line, over again
+    events = _path(two, through, 3)
+    assert [(e.direction, e.frame, e.time_s) for e in events] == [("left", 2, 0.2)]  # counted at frame 4, dated 2
+    assert two.counts == {"left": {"car": 1}, "right": {}}
+    with pytest.raises(DetectorError, match="min_frames is 0; expected at least 1"):
+        LineCounter("gate", (0, 100), (200, 100), min_frames=0)
+
+
 def test_zone_occupancy_entries_exits_and_dwell():
     zone = ZoneCounter("box", np.array([[0, 0], [100, 0], [100, 100], [0, 100]]), fps=10)
     path = [(-10, 50), (10, 50), (50, 50), (90, 50), (110, 50)]

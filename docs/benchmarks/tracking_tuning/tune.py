@@ -5,10 +5,12 @@ not the benchmark's (scripts/track_benchmark.py uses seeds 9101 / 9202), at seve
     python docs/benchmarks/tracking_tuning/tune.py 320 runs/demo_cascade/train/best.pt   # another checkpoint
     python docs/benchmarks/tracking_tuning/tune.py 320,480 runs/demo_far/train/best.pt wide   # the thresholds too
     python docs/benchmarks/tracking_tuning/tune.py 480 runs/demo_nhwc/train/best.pt areas   # track.min_box_area
+    python docs/benchmarks/tracking_tuning/tune.py 480 runs/demo_seed1/train/best.pt crossing   # track.line_min_frames
 
 Detections are cached per video, checkpoint and size under work/ (ignored), then the tracker runs with each setting of
 `grid` (with ``wide``: every track.high_thresh 0.5-0.8 and track.new_track_thresh 0.6-0.9 pair; with ``areas``:
-track.min_box_area 0-2500 px^2 at configs/demo.yaml's high_thresh and new_track_thresh, 0.8); each row gives per
+track.min_box_area 0-2500 px^2 at configs/demo.yaml's high_thresh and new_track_thresh, 0.8; with ``crossing``:
+track.line_min_frames 1-3 at configs/demo.yaml's thresholds and min_box_area, 900); each row gives per
 video (MOTA, IDF1, counted minus true crossings, MOTA with cars under 25 px ignored, and, in rows written since
 min_box_area, crossings counted wrong per direction: |left| + |right|).
 Writes work/results_<sizes>[_<checkpoint folder>][_wide|_areas].json.
@@ -73,9 +75,12 @@ for name, spec in VIDEOS.items():
 mode = sys.argv[3] if len(sys.argv) > 3 else ""
 wide = mode == "wide"
 areas = mode == "areas"  # at configs/demo.yaml's thresholds (0.8 / 0.8), which the benchmark uses
-grid = {"high_thresh": [0.5, 0.6, 0.7, 0.8] if wide else [0.8] if areas else [0.5],
-        "new_track_thresh": [0.6, 0.7, 0.8, 0.9] if wide else [0.8] if areas else [0.6], "low_thresh": [0.1],
-        "min_box_area": [0, 100, 200, 300, 400, 625, 900, 1200, 1600, 2500] if areas else [0]}
+crossing = mode == "crossing"  # at configs/demo.yaml's thresholds and min_box_area (900)
+demo = areas or crossing
+grid = {"high_thresh": [0.5, 0.6, 0.7, 0.8] if wide else [0.8] if demo else [0.5],
+        "new_track_thresh": [0.6, 0.7, 0.8, 0.9] if wide else [0.8] if demo else [0.6], "low_thresh": [0.1],
+        "min_box_area": [0, 100, 200, 300, 400, 625, 900, 1200, 1600, 2500] if areas else [900] if crossing else [0],
+        "line_min_frames": [1, 2, 3] if crossing else [1]}
 results = []
 for size in sizes:
     for values in itertools.product(*grid.values()):
