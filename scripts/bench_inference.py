@@ -105,6 +105,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
     parser.add_argument("--proposals", type=int_list, default=[1000, 300, 150, 50],
                         help="test-time post_nms_top_n values, comma separated, the first is the baseline")
+    parser.add_argument("--stage-proposals", type=int_list, default=[],
+                        help="stages group: also the whole cascade with model.rpn_post_nms_top_n_test at these values")
     parser.add_argument("--images", default=str(SHARED_DATA / "drone_cars" / "images"), help="real images folder")
     parser.add_argument("--video", default=str(SHARED_DATA / "videos" / "solidWhiteRight.mp4"), help="video clip")
     parser.add_argument("--video-frames", type=int, default=0, help="only the first N frames of --video (0: all)")
@@ -239,7 +241,8 @@ def first_stages(model: FastRCNN, count: int) -> FastRCNN:
 
 def bench_stages(setup: Setup) -> list[Row]:
     """The cascade with its first 1, 2, ... stages, each in the product's runtime (`Detector`: ONNX Runtime backbone
-    on CPU); the first row, one stage, is what the single-stage head of the same model would cost."""
+    on CPU); the first row, one stage, is what the single-stage head of the same model would cost. With
+    --stage-proposals, the whole cascade again with fewer test proposals."""
     heads = setup.model.roi_heads
     if not isinstance(heads, CascadeRoIHeads):
         return [Row("stages", "-", None, None, "single-stage head (model.cascade_ious is empty): no cascade to time")]
@@ -250,6 +253,13 @@ def bench_stages(setup: Setup) -> list[Row]:
         variants[name] = predict_fn(detector.model, setup)
         whole = " (the checkpoint as it runs)" if count == heads.num_stages else ""
         notes[name] = f"{detector.runtime} backbone{whole}"
+    post_train, post_test = setup.model.proposal_source.post_nms_top_n
+    for post in setup.args.stage_proposals:  # model.rpn_post_nms_top_n_test alone: pre_nms_top_n stays the config's
+        detector = Detector(setup.model, setup.config, "cpu")
+        detector.model.proposal_source.post_nms_top_n = (post_train, post)
+        name = f"{heads.num_stages} of {heads.num_stages} stages, {post} proposals"
+        variants[name] = predict_fn(detector.model, setup)
+        notes[name] = f"{detector.runtime} backbone, the config's {post_test} proposals cut to {post}"
     rows = rows_from("stages", time_interleaved(variants, setup), notes=notes)
     for row in rows[1:]:
         row.note += f"; {1 / row.speedup:.2f}x the one-stage time"
