@@ -1,7 +1,7 @@
 """Draw a checkpoint's detections on images of one split into one small grid picture (for docs and the README).
 
     python scripts/predictions_grid.py runs/drone_cars/best.pt -c configs/drone_cars.yaml --split test \
-        --out docs/benchmarks/drone_cars_test/predictions.jpg
+        --out docs/benchmarks/drone_cars_test/predictions.jpg [model.rpn_post_nms_top_n_test=75 ...]
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cols", type=int, default=4)
     parser.add_argument("--cell", type=int, default=320, help="grid cell size in pixels")
     parser.add_argument("--score-thresh", type=float, default=0.5)
-    args = parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="inference settings for the checkpoint, e.g. model.rpn_post_nms_top_n_test=75")
+    args = parser.parse_intermixed_args(argv)
     try:
-        detector = Detector.load(args.checkpoint)
+        detector = Detector.load(args.checkpoint, overrides=args.overrides)
         split = build_split(load_config(args.config), args.split)
         step = max(len(split.records) // args.num, 1)
         records = split.records[::step][: args.num]
