@@ -105,6 +105,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant first")
     parser.add_argument("--proposals", type=int_list, default=[1000, 300, 150, 50],
                         help="test-time post_nms_top_n values, comma separated, the first is the baseline")
+    parser.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                        help="stages group: how the backbone runs (detector.runtime; auto: ONNX Runtime on CPU)")
     parser.add_argument("--stage-proposals", type=int_list, default=[],
                         help="stages group: also the whole cascade with model.rpn_post_nms_top_n_test at these values")
     parser.add_argument("--images", default=str(SHARED_DATA / "drone_cars" / "images"), help="real images folder")
@@ -241,21 +243,21 @@ def first_stages(model: FastRCNN, count: int) -> FastRCNN:
 
 def bench_stages(setup: Setup) -> list[Row]:
     """The cascade with its first 1, 2, ... stages, each in the product's runtime (`Detector`: ONNX Runtime backbone
-    on CPU); the first row, one stage, is what the single-stage head of the same model would cost. With
+    on CPU, or --runtime); the first row, one stage, is what the single-stage head of the same model would cost. With
     --stage-proposals, the whole cascade again with fewer test proposals."""
     heads = setup.model.roi_heads
     if not isinstance(heads, CascadeRoIHeads):
         return [Row("stages", "-", None, None, "single-stage head (model.cascade_ious is empty): no cascade to time")]
     variants, notes = {}, {}
     for count in range(1, heads.num_stages + 1):
-        detector = Detector(first_stages(setup.model, count), setup.config, "cpu")
+        detector = Detector(first_stages(setup.model, count), setup.config, "cpu", setup.args.runtime)
         name = f"{count} of {heads.num_stages} stages"
         variants[name] = predict_fn(detector.model, setup)
         whole = " (the checkpoint as it runs)" if count == heads.num_stages else ""
         notes[name] = f"{detector.runtime} backbone{whole}"
     post_train, post_test = setup.model.proposal_source.post_nms_top_n
     for post in setup.args.stage_proposals:  # model.rpn_post_nms_top_n_test alone: pre_nms_top_n stays the config's
-        detector = Detector(setup.model, setup.config, "cpu")
+        detector = Detector(setup.model, setup.config, "cpu", setup.args.runtime)
         detector.model.proposal_source.post_nms_top_n = (post_train, post)
         name = f"{heads.num_stages} of {heads.num_stages} stages, {post} proposals"
         variants[name] = predict_fn(detector.model, setup)

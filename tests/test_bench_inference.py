@@ -63,18 +63,19 @@ def test_first_stages_keeps_the_whole_cascade_and_cuts_to_stage_one(bench_infere
 def test_stages_group_times_one_row_per_stage(bench_inference) -> None:
     model, config = _model(cascade=True)
     images, sizes = _images()
-    args = argparse.Namespace(warmup=0, repeats=2, threads=1, stage_proposals=[5])
+    args = argparse.Namespace(warmup=0, repeats=2, threads=1, stage_proposals=[5], runtime="torch")
     rows = bench_inference.bench_stages(bench_inference.Setup(model, config, images, sizes, args))
     assert [row.variant for row in rows] == ["1 of 3 stages", "2 of 3 stages", "3 of 3 stages",
                                              "3 of 3 stages, 5 proposals"]
     assert model.proposal_source.post_nms_top_n[1] == 20  # the cut ran on a copy
     assert all(row.ms > 0 for row in rows) and rows[0].speedup == 1.0
     assert "the one-stage time" in rows[2].note and "as it runs" in rows[2].note
+    assert all(row.note.startswith("torch backbone") for row in rows)
 
 
 def test_stages_group_says_so_for_a_single_stage_head(bench_inference) -> None:
     model, config = _model(cascade=False)
     images, sizes = _images()
-    args = argparse.Namespace(warmup=0, repeats=1, threads=1, stage_proposals=[])
+    args = argparse.Namespace(warmup=0, repeats=1, threads=1, stage_proposals=[], runtime="torch")
     rows = bench_inference.bench_stages(bench_inference.Setup(model, config, images, sizes, args))
     assert len(rows) == 1 and rows[0].ms is None and "single-stage head" in rows[0].note
