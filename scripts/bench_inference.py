@@ -120,9 +120,9 @@ def parse_args() -> argparse.Namespace:
     args.groups = [group.strip() for group in args.only.split(",") if group.strip()]
     if unknown := sorted(set(args.groups) - set(GROUPS)):
         parser.error(f"--only names unknown groups {unknown}; expected some of {', '.join(GROUPS)}")
-    for name in ("size", "threads", "repeats", "proposals"):
-        if min(np.atleast_1d(getattr(args, name))) < 1:
-            parser.error(f"--{name} expects positive integers, got {getattr(args, name)}")
+    for name in ("size", "threads", "repeats", "proposals", "stage_proposals"):
+        if min(np.atleast_1d(getattr(args, name)), default=1) < 1:
+            parser.error(f"--{name.replace('_', '-')} expects positive integers, got {getattr(args, name)}")
     return args
 
 
@@ -236,8 +236,8 @@ def first_stages(model: FastRCNN, count: int) -> FastRCNN:
     same proposals: one pooling, one box head, no refinement)."""
     variant = copy.deepcopy(model)
     heads = variant.roi_heads
-    heads.box_heads, heads.predictors = heads.box_heads[:count], heads.predictors[:count]
-    heads.stage_ious, heads.box_coders = heads.stage_ious[:count], heads.box_coders[:count]
+    for name in ("box_heads", "predictors", "stage_ious", "box_coders", "matchers", "stage_loss_weights"):
+        setattr(heads, name, getattr(heads, name)[:count])  # every per-stage list, so the cut model is whole
     return variant
 
 

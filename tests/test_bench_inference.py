@@ -44,7 +44,9 @@ def test_first_stages_keeps_the_whole_cascade_and_cuts_to_stage_one(bench_infere
     assert torch.equal(whole.boxes, same.boxes) and torch.equal(whole.scores, same.scores)
     one = bench_inference.first_stages(model, 1)
     assert one.roi_heads.num_stages == 1 and model.roi_heads.num_stages == 3  # the original is not cut
-    assert len(one.roi_heads.box_heads) == len(one.roi_heads.predictors) == len(one.roi_heads.box_coders) == 1
+    stage_one = one.roi_heads
+    assert len(stage_one.box_heads) == len(stage_one.predictors) == len(stage_one.box_coders) == 1
+    assert len(stage_one.matchers) == 1 and stage_one.stage_loss_weights == [1.0]
     with torch.no_grad():  # stage 1 alone: its softmax scores and its deltas on the proposals, then postprocess
         batch = model.preprocess(images)
         features = model.backbone(batch.images)

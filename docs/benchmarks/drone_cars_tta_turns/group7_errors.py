@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from detector.boxes import box_iou
+from detector.boxes import box_iou, xywh_to_xyxy
 from detector.config import load_config
 from detector.data.build import filter_records, read_split
 
@@ -30,8 +30,13 @@ LONG = 200  # px at 640: a bus or a truck (the car labels' long side: median 93-
 
 
 def xyxy(coco_boxes: list[list[float]]) -> torch.Tensor:
-    boxes = torch.tensor(coco_boxes, dtype=torch.float32).reshape(-1, 4)
-    return torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1)
+    return torch.from_numpy(xywh_to_xyxy(np.asarray(coco_boxes, np.float32)))
+
+
+def long_sides(boxes: np.ndarray | torch.Tensor, scale: float = 1.0) -> np.ndarray:
+    """The long side of each (N, 4) xyxy box, times ``scale`` (to pixels at 640)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return (boxes[:, 2:] - boxes[:, :2]).max(1) * scale
 
 
 def errors(labels: torch.Tensor, found: torch.Tensor) -> dict[str, int]:
@@ -46,15 +51,9 @@ def errors(labels: torch.Tensor, found: torch.Tensor) -> dict[str, int]:
             loose += int(row[best] < 0.75)
         else:
             extra += 1
-    long = (labels[:, 2:] - labels[:, :2]).max(1).values >= LONG
+    long = torch.from_numpy(long_sides(labels) >= LONG)
     return {"labels": len(labels), "missed": int(free.sum()), "missed long vehicles": int((free & long).sum()),
             "false": extra, "loose": loose}
-
-
-def long_sides(record) -> np.ndarray:
-    """The long side of each label of an ImageRecord, in pixels at 640."""
-    boxes = np.asarray(record.boxes, np.float64).reshape(-1, 4)
-    return (boxes[:, 2:] - boxes[:, :2]).max(1) * 640 / max(record.height, record.width)
 
 
 def draw(path: Path, labels: torch.Tensor, boxes: torch.Tensor, kept: list[dict]) -> np.ndarray:
@@ -79,7 +78,7 @@ def main() -> None:
     report: dict = {"long vehicles (label long side >= 200 px at 640)": {}}
     for split, pattern in (("train", config.data.train_filter), ("val", config.data.val_filter),
                            ("test", config.data.test_filter)):
-        sides = np.concatenate([long_sides(record) for record in
+        sides = np.concatenate([long_sides(record.boxes, 640 / max(record.height, record.width)) for record in
                                 filter_records(records, pattern, True, f"data.{split}_filter").records])
         report["long vehicles (label long side >= 200 px at 640)"][split] = {
             "labels": len(sides), "long": int((sides >= LONG).sum()), "share": round(float((sides >= LONG).mean()), 4)}
@@ -87,6 +86,9 @@ def main() -> None:
     by_id = {record.image_id: record for record in block.records}
     pictures: list[tuple[int, np.ndarray]] = []
     for folder in args.folders:
+        if missing := [n for n in ("ground_truth.json", "detections.json") if not (Path(folder) / n).is_file()]:
+            raise SystemExit(f"group7_errors.py: {folder} has no {' or '.join(missing)}; expected the --out folder "
+                             "of a `detector eval` run")
         truth = json.loads((Path(folder) / "ground_truth.json").read_text())
         found = json.loads((Path(folder) / "detections.json").read_text())
         parts: dict[str, dict[str, int]] = {}
