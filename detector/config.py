@@ -212,6 +212,12 @@ class TrainConfig:
     # Save the weights every N minutes of training (0 = never) as snapshot_<minutes>min.pt, for accuracy-against-
     # wall-clock curves (scripts/benchmark.py --curve-every-min): evaluated after training, so they cost it no time.
     snapshot_every_min: float = 0.0
+    # Repeat-factor sampling (Detectron2's for LVIS; detector/data/repeat.py): an image holding a group seen in a share f
+    # of the training images is drawn max(1, sqrt(repeat_threshold / f)) times as often. 0 = off. A group is a class,
+    # and with repeat_long_side > 0 also a box of that class whose long side is at least this many pixels at
+    # data.max_size (long vehicles among cars). An epoch keeps its number of images.
+    repeat_threshold: float = 0.0
+    repeat_long_side: float = 0.0
 
 
 @dataclass
@@ -424,7 +430,7 @@ _RANGES = {
         "train.weight_decay", "train.clip_grad_norm", "train.time_budget_min", "model.box_loss_weight",
         "model.freeze_stages", "model.roi_sampling_ratio", "train.warmup_iters", "train.eval_every", "train.seed",
         "train.threads", "data.num_workers", "track.max_lost", "track.trail", "track.line_tolerance",
-        "track.min_box_area")},
+        "track.min_box_area", "train.repeat_threshold", "train.repeat_long_side")},
     "track.speed_window_s": _POSITIVE,
     **{key: _AT_LEAST_1 for key in (
         "model.fpn_channels", "model.selective_search_max", "model.rpn_pre_nms_top_n_train",
@@ -486,6 +492,9 @@ def validate(config: Config) -> None:
     if config.train.snapshot_every_min and not config.train.snapshot_every_min >= 0.01:
         raise DetectorError(f"config key 'train.snapshot_every_min' is {config.train.snapshot_every_min}; expected 0 "
                             "(no snapshots) or at least 0.01 (snapshot files are named by minute, 2 decimals)")
+    if config.train.repeat_long_side and not config.train.repeat_threshold:
+        raise DetectorError("config key 'train.repeat_long_side' needs 'train.repeat_threshold' above 0 (it only "
+                            "adds a group to repeat-factor sampling, which the threshold turns on)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.train.device):
         raise DetectorError(f"config key 'train.device' is '{config.train.device}'; expected auto, cpu, cuda or cuda:N")
 

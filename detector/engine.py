@@ -31,6 +31,7 @@ from detector.config import Config
 from detector.data.build import build_datasets
 from detector.data.stats import report_datasets
 from detector.data.dataset import DetectionDataset, build_loader
+from detector.data.repeat import describe as describe_repeats, repeat_factors
 from detector.data.transforms import Transform, build_transform
 from detector.detector import FastRCNN, build_detector
 from detector.evaluation import COCOEvaluator, EvalResult
@@ -42,12 +43,21 @@ from detector.tta import build_tta
 
 class EpochSampler(Sampler[int]):
     """Indices of one epoch, shuffled by (seed, epoch), sharded over ranks, optionally skipping the
-    first `start` samples of this rank (to resume mid-epoch on exactly the same batches)."""
+    first `start` samples of this rank (to resume mid-epoch on exactly the same batches).
 
-    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    repeat_factors: (size,) factors >= 1 from `detector.data.repeat` (shuffled epochs only). Each epoch image i is
+    put floor(r_i) times in a pool, once more with probability frac(r_i) (Detectron2's stochastic rounding), and the
+    epoch is the first `size` draws of the shuffled pool: rare images come more often, and an epoch keeps its
+    length, so `train.epochs`, the schedule and the time budget mean what they meant without repeats."""
+
+    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 repeat_factors: np.ndarray | None = None) -> None:
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
+        self.repeat_factors = None if repeat_factors is None else torch.as_tensor(repeat_factors, dtype=torch.float64)
+        if self.repeat_factors is not None and (len(self.repeat_factors) != size or (self.repeat_factors < 1).any()):
+            raise ValueError(f"repeat_factors must hold {size} factors of at least 1")
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -55,7 +65,14 @@ class EpochSampler(Sampler[int]):
     def _indices(self) -> list[int]:
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.size, generator=generator).tolist()
+            if self.repeat_factors is None:
+                order = torch.randperm(self.size, generator=generator).tolist()
+            else:
+                factors = self.repeat_factors
+                copies = factors.floor().long() + (torch.rand(self.size, generator=generator, dtype=torch.float64)
+                                                   < factors - factors.floor()).long()
+                pool = torch.repeat_interleave(torch.arange(self.size), copies)  # (sum of copies,) >= size
+                order = pool[torch.randperm(len(pool), generator=generator)][: self.size].tolist()
         else:
             order = list(range(self.size))
         per_rank = math.ceil(self.size / self.world_size)
@@ -233,7 +250,11 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.train)
         transform = build_transform(config.augment, config.data.max_size, train=True)
         self.train_data = DetectionDataset(self.train_set, transform, file_proposals(config), seed=config.train.seed)
-        self.sampler = EpochSampler(len(self.train_data), True, config.train.seed, dist.rank(), dist.world_size())
+        self.repeat_factors = (repeat_factors(self.train_set, config.train.repeat_threshold,
+                                              config.train.repeat_long_side, config.data.max_size)
+                               if config.train.repeat_threshold else None)
+        self.sampler = EpochSampler(len(self.train_data), True, config.train.seed, dist.rank(), dist.world_size(),
+                                    self.repeat_factors)
         # the loader's own seeded generator leaves the global RNG (proposal sampling) alone, so a resumed
         # run replays it exactly; augmentation is seeded per (epoch, index) by the dataset
         self.loader = build_loader(self.train_data, config.train.batch_size, False, config.data.num_workers,
@@ -259,6 +280,8 @@ class Trainer:
                 config.save(self.run_dir / "config.yaml")
         if dist.is_main():
             report_datasets({"train": self.train_set, "val": self.val_set}, self.run_dir)
+            if self.repeat_factors is not None:
+                print(describe_repeats(self.repeat_factors), flush=True)
             if config.data.train_on_val:
                 print(f"data.train_on_val: the {len(self.val_set.records)} validation images train too (the final "
                       "fit); their AP is a training figure and chooses nothing", flush=True)
