@@ -112,6 +112,8 @@ def _ablation_rows() -> list[Row]:
     rows += [Row("anchors=32-256 x 0.33-3", "ours", "labels", ("model.anchor_sizes=[32,64,128,256]",
                                                               "model.anchor_ratios=[0.33,0.5,1.0,2.0,3.0]"))]
     rows += [Row("rotate90=1.0", "ours", "labels", ("augment.rotate90=1.0",))]
+    rows += [Row("anchors +140 px +ratio 4.5", "ours", "labels", ("model.anchor_sizes=[32,44,62,74,102,140]",
+                                                                  "model.anchor_ratios=[0.22,0.5,0.98,2.03,4.5]"))]
     rows += [Row("cascade=0.5/0.6/0.7", "ours", "cascade", ("model.cascade_ious=[0.5,0.6,0.7]",))]
     rows += [Row("repeat long>=200 t=0.2", "ours", "sampling", ("train.repeat_threshold=0.2",
                                                                "train.repeat_long_side=200"))]
