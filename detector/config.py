@@ -212,10 +212,10 @@ class TrainConfig:
     # Save the weights every N minutes of training (0 = never) as snapshot_<minutes>min.pt, for accuracy-against-
     # wall-clock curves (scripts/benchmark.py --curve-every-min): evaluated after training, so they cost it no time.
     snapshot_every_min: float = 0.0
-    # Repeat-factor sampling (Detectron2's for LVIS; detector/data/repeat.py): an image holding a group seen in a share f
-    # of the training images is drawn max(1, sqrt(repeat_threshold / f)) times as often. 0 = off. A group is a class,
-    # and with repeat_long_side > 0 also a box of that class whose long side is at least this many pixels at
-    # data.max_size (long vehicles among cars). An epoch keeps its number of images.
+    # Repeat-factor sampling (Detectron2's for LVIS; detector/data/repeat.py): an image holding a group seen in a
+    # share f of the training images is drawn max(1, sqrt(repeat_threshold / f)) times as often. 0 = off. A group is
+    # a class, and with repeat_long_side > 0 also a box of that class whose long side is at least this many pixels
+    # at data.max_size (long vehicles among cars). An epoch keeps its number of images.
     repeat_threshold: float = 0.0
     repeat_long_side: float = 0.0
 

@@ -84,7 +84,8 @@ def test_golden_losses(tiny_targets):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, grid", [("partition", [2, 3]), ("align", [7, 7])])
 def test_overfits_two_images(mode, grid):
-    """Two synthetic scenes, 200 steps: the training loss falls 10x and every box is found at IoU >= 0.7."""
+    """Two synthetic scenes, 120 steps: the training loss falls 10x and every box is found at IoU >= 0.7 (measured
+    2026-12-07: the loss falls 27-31x and the worst box is found at IoU 0.955; 80 steps fell only 6x in one mode)."""
     rng = np.random.default_rng(5)
     scenes = [render_scene(rng, size=(256, 320), view=view) for view in ("topdown", "driver")]
     assert all(len(s.boxes) for s in scenes), "the scenes need cars"
@@ -97,9 +98,9 @@ def test_overfits_two_images(mode, grid):
         f"model.roi_pool_mode={mode}", f"model.roi_output_size={grid}", "model.anchor_sizes=[16,32,64,128]",
     ])).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 200)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 120)
     history = []
-    for _ in range(200):
+    for _ in range(120):
         loss = sum(model(images, targets).values())
         optimizer.zero_grad()
         loss.backward()

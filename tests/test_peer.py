@@ -102,13 +102,16 @@ def test_step_time_leaves_out_epoch_starts_and_warmup(benchmark):
 def test_row_selection_and_ratio_table(benchmark):
     names = [row.name for row in benchmark.select_rows("ours,peer,weights")]
     assert names == ["ours", "peer", "weights=imagenet", "weights=none"]
-    # 6 ROI pooling + 2 proposals + 2 + 2 + 2, issue 11: 6 + 1 + 1 + 5 + 2 + 2 + 3 + 1, issue 15: 2
-    assert len(benchmark.select_rows("ablations")) == 37
+    # 6 ROI pooling + 2 proposals + 2 + 2 + 2, issue 11: 7 labels + 1 cascade + 1 sampling + 5 + 2 + 2 + 3 + 1,
+    # issue 15: 2
+    assert len(benchmark.select_rows("ablations")) == 39
     assert [r.overrides for r in benchmark.select_rows("weather")] == [
         ("augment.weather=0.5",), ("augment.weather=0.25", "augment.weather_max_severity=3")]
     assert [r.name for r in benchmark.select_rows("labels")] == [
         "rotate_method=rounded", "rotate_method=ellipse", "rotate_method=largest_box", "cut_objects=ignore",
-        "cut_objects=drop", "anchors=32-256 x 0.33-3", "rotate90=1.0"]
+        "cut_objects=drop", "anchors=32-256 x 0.33-3", "rotate90=1.0", "anchors +140 px +ratio 4.5"]
+    assert [r.overrides for r in benchmark.select_rows("sampling")] == [
+        ("train.repeat_threshold=0.2", "train.repeat_long_side=200")]
     seeded = benchmark.seed_rows(benchmark.select_rows("ours,peer,tta"), [0, 1])
     assert [r.name for r in seeded] == ["ours", "ours seed=1", "peer", "peer seed=1", "tta=flip+1.25x wbf"]
     assert seeded[1].overrides == ("train.seed=1",) and seeded[4].eval_overrides == ("eval.tta=true",)
