@@ -12,6 +12,8 @@ Detectron2's RepeatFactorTrainingSampler does.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from detector.structures import Dataset, DetectorError
@@ -39,10 +41,7 @@ def repeat_factors(dataset: Dataset, threshold: float, long_side: float = 0.0, m
         return np.ones(len(dataset.records))
     per_image = [_groups(np.asarray(r.boxes, np.float64).reshape(-1, 4), np.asarray(r.labels).reshape(-1),
                          max_size / max(r.width, r.height) if max_size else 1.0, long_side) for r in dataset.records]
-    counts: dict[tuple[str, int], int] = {}
-    for groups in per_image:
-        for group in groups:
-            counts[group] = counts.get(group, 0) + 1
+    counts = Counter(group for groups in per_image for group in groups)  # group -> images holding it
     group_factor = {g: max(1.0, float(np.sqrt(threshold / (n / len(per_image))))) for g, n in counts.items()}
     return np.array([max((group_factor[g] for g in groups), default=1.0) for groups in per_image])
 
