@@ -102,8 +102,8 @@ def test_step_time_leaves_out_epoch_starts_and_warmup(benchmark):
 def test_row_selection_and_ratio_table(benchmark):
     names = [row.name for row in benchmark.select_rows("ours,peer,weights")]
     assert names == ["ours", "peer", "weights=imagenet", "weights=none"]
-    # 6 ROI pooling + 2 proposals + 2 + 2 + 2, issue 11: 7 labels + 1 cascade + 1 sampling + 5 + 2 + 2 + 3 + 1,
-    # issue 15: 2
+    # 6 ROI pooling + 2 proposals + 2 + 2 + 2, issue 11: 8 labels + 1 cascade + 1 sampling + 5 box losses + 2 heads
+    # + 2 backbones + 3 input sizes + 1 tta, issue 15: 2
     assert len(benchmark.select_rows("ablations")) == 39
     assert [r.overrides for r in benchmark.select_rows("weather")] == [
         ("augment.weather=0.5",), ("augment.weather=0.25", "augment.weather_max_severity=3")]

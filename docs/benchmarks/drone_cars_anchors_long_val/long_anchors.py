@@ -9,8 +9,9 @@ chooses nothing.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -33,12 +34,14 @@ def fit(boxes_wh: np.ndarray, sizes: list[float], ratios: list[float]) -> dict[s
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="the JSON file to write")
+    out = Path(parser.parse_args().out)
     train, val = build_datasets(load_config("configs/drone_cars.yaml", ["data.train_on_val=false"]))
     train_wh, val_wh = box_shapes(train, 640), box_shapes(val, 640)
     blocks = {"train, each box also turned": np.concatenate([train_wh, train_wh[:, ::-1]]), "val": val_wh}
     report = {grid: {block: fit(wh, *GRIDS[grid]) for block, wh in blocks.items()} for grid in GRIDS}
-    with open(sys.argv[1], "w") as out:
-        out.write(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 

@@ -10,6 +10,7 @@ chosen from it: ours' test figures at 75 were scored once already (`test_75_seed
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -35,10 +36,15 @@ MODELS = [  # (row, kind, weights): the 45-minute final fits with quarter turns,
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="the JSON file to write")
+    parser.add_argument("rounds", nargs="?", type=int, default=3, help="interleaved timing rounds (default 3)")
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"ROUNDS must be at least 1, got {args.rounds}")
     config = load_config("configs/drone_cars.yaml", [])
     _, val = build_datasets(config)
     paths = [str(record.image_path) for record in val.records[:TIMED_IMAGES]]
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     rows = {}
     for name, kind, weights in MODELS:
         if not Path(weights).is_file():
@@ -47,7 +53,7 @@ def main() -> None:
         rows[name] = {"weights": weights, "rpn_post_nms_top_n_test": config.model.rpn_post_nms_top_n_test,
                       **(score(kind, config, weights, "test", like_ours=True) if kind == "peer" else {}),
                       "infer_ms_per_round": []}
-    for _ in range(rounds):
+    for _ in range(args.rounds):
         for name, kind, weights in MODELS:
             timing = measure_in_child(kind, config, weights, paths, runtime="onnx")
             rows[name]["infer_ms_per_round"].append(round(timing["infer_ms_per_image"], 1))
@@ -58,7 +64,7 @@ def main() -> None:
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or
               platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
               "torchvision": torchvision.__version__, "rows": rows}
-    Path(sys.argv[1]).write_text(json.dumps(report, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
