@@ -86,6 +86,15 @@ class EpochSampler(Sampler[int]):
         return math.ceil(self.size / self.world_size) - self.start
 
 
+def training_sampler(config: Config, train_set: Dataset, rank: int = 0, world_size: int = 1) -> EpochSampler:
+    """The shuffled sampler of a training set's epochs, with the config's repeat-factor sampling (train.repeat_*);
+    ours (`Trainer`) and the benchmark's peer (scripts/peer.py) draw their batches from it."""
+    train = config.train
+    factors = (repeat_factors(train_set, train.repeat_threshold, train.repeat_long_side, config.data.max_size)
+               if train.repeat_threshold else None)
+    return EpochSampler(len(train_set.records), True, train.seed, rank, world_size, factors)
+
+
 def rng_state() -> dict[str, Any]:
     """All RNG states, as tensors and plain values so `torch.load(weights_only=True)` can read them."""
     name, keys, position, has_gauss, gauss = np.random.get_state()
@@ -250,11 +259,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.train)
         transform = build_transform(config.augment, config.data.max_size, train=True)
         self.train_data = DetectionDataset(self.train_set, transform, file_proposals(config), seed=config.train.seed)
-        self.repeat_factors = (repeat_factors(self.train_set, config.train.repeat_threshold,
-                                              config.train.repeat_long_side, config.data.max_size)
-                               if config.train.repeat_threshold else None)
-        self.sampler = EpochSampler(len(self.train_data), True, config.train.seed, dist.rank(), dist.world_size(),
-                                    self.repeat_factors)
+        self.sampler = training_sampler(config, self.train_set, dist.rank(), dist.world_size())
         # the loader's own seeded generator leaves the global RNG (proposal sampling) alone, so a resumed
         # run replays it exactly; augmentation is seeded per (epoch, index) by the dataset
         self.loader = build_loader(self.train_data, config.train.batch_size, False, config.data.num_workers,
@@ -280,8 +285,8 @@ class Trainer:
                 config.save(self.run_dir / "config.yaml")
         if dist.is_main():
             report_datasets({"train": self.train_set, "val": self.val_set}, self.run_dir)
-            if self.repeat_factors is not None:
-                print(describe_repeats(self.repeat_factors), flush=True)
+            if self.sampler.repeat_factors is not None:
+                print(describe_repeats(self.sampler.repeat_factors.numpy()), flush=True)
             if config.data.train_on_val:
                 print(f"data.train_on_val: the {len(self.val_set.records)} validation images train too (the final "
                       "fit); their AP is a training figure and chooses nothing", flush=True)

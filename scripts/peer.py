@@ -44,11 +44,12 @@ from detector.config import Config
 from detector.data.build import build_datasets
 from detector.data.dataset import DetectionDataset, SampleBatch, build_loader
 from detector.data.transforms import Transform, build_transform
+from detector.data.repeat import describe as describe_repeats
 from detector.engine import (
-    EpochSampler,
     EvalOutput,
     seed_everything,
     torch_settings,
+    training_sampler,
 )
 from detector.distributed import resolve_device
 from detector.runtime import onnx_backbone
@@ -297,9 +298,9 @@ def model_to_train(config: Config, device: torch.device) -> FasterRCNN:
 
 def train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Dataset] | None = None,
                progress: bool = True, snapshot_dir: Path | None = None) -> PeerRun:
-    """Train the peer like `detector.engine.Trainer` trains ours: same data, augmentation, batch order,
-    optimizer, schedule and clipping; with ``budget_min`` (0 = none) training stops when the wall clock
-    runs out and the learning rate anneals with the clock, as `train.time_budget_min` does for ours. With
+    """Train the peer like `detector.engine.Trainer` trains ours: same data, augmentation, batch order (repeat-factor
+    sampling included), optimizer, schedule and clipping; with ``budget_min`` (0 = none) training stops when the wall
+    clock runs out and the learning rate anneals with the clock, as `train.time_budget_min` does for ours. With
     `train.snapshot_every_min` and ``snapshot_dir``, the weights are saved every that many minutes, as ours'."""
     with torch_settings(config.train.threads, config.train.deterministic):
         return _train_peer(config, budget_min, datasets, progress, snapshot_dir)
@@ -313,7 +314,9 @@ def _train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Data
     train_set, _ = datasets or build_datasets(config)
     model = model_to_train(config, device)
     data = DetectionDataset(train_set, build_transform(config.augment, config.data.max_size, train=True), seed=train.seed)
-    sampler = EpochSampler(len(data), True, train.seed)
+    sampler = training_sampler(config, train_set)  # with ours' repeat-factor sampling, when the config asks for it
+    if sampler.repeat_factors is not None and progress:
+        print(f"peer {describe_repeats(sampler.repeat_factors.numpy())}", flush=True)
     loader = build_loader(data, train.batch_size, False, config.data.num_workers, train.seed, sampler=sampler)
     steps_per_epoch = math.ceil(math.ceil(len(sampler) / train.batch_size) / train.accumulate)
     optimizer = build_optimizer(model, train)

@@ -10,6 +10,9 @@ import torch
 
 from conftest import SCRIPTS, script_module, tiny_run_overrides
 from detector.config import apply_overrides, load_config
+from detector.data.build import build_datasets
+from detector.data.repeat import repeat_factors
+from detector.engine import training_sampler
 from detector.structures import Detections, DetectorError
 
 
@@ -252,3 +255,22 @@ def test_train_step_benchmark_times_both_models_in_both_layouts(peer, tmp_path, 
         assert set(figures["speedup"]) == {"ours", "peer"} and all(v > 0 for v in figures["speedup"].values())
         with pytest.raises(SystemExit, match="exists"):
             bench.main(["--config", str(CONFIGS / "demo.yaml"), "--json", str(out)])
+
+
+def test_the_peer_samples_with_the_configs_repeat_factors(peer, tmp_path, monkeypatch, capsys):
+    """"Trained the same way" includes the batches: with train.repeat_threshold the peer draws from the same
+    repeat-factor sampler as ours (tests/data/test_repeat.py pins the factors), one tiny epoch here."""
+    config = load_config(None, tiny_run_overrides(tmp_path, **{"train.repeat_threshold": 1.0,
+                                                               "train.repeat_long_side": 40}))
+    samplers = []
+
+    def recording_sampler(*args):
+        samplers.append(training_sampler(*args))
+        return samplers[-1]
+
+    monkeypatch.setattr(peer, "training_sampler", recording_sampler)
+    datasets = build_datasets(config)
+    run = peer.train_peer(config, 0, datasets)
+    expected = repeat_factors(datasets[0], 1.0, 40, 160)
+    assert len(samplers) == 1 and samplers[0].repeat_factors.tolist() == expected.tolist() and expected.max() > 1
+    assert "peer repeat-factor sampling" in capsys.readouterr().out and len(run.iteration_seconds) == 1

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_run_overrides
 from detector.config import load_config
 from detector.data.repeat import describe, repeat_factors
-from detector.engine import EpochSampler, Trainer
+from detector.engine import EpochSampler, Trainer, training_sampler
 from detector.structures import Dataset, DetectorError, ImageRecord
 
 CAR = [0, 0, 90, 40]  # long side 90
@@ -101,3 +101,14 @@ def test_trainer_samples_with_the_configs_factors(tmp_path, capsys):
     expected = repeat_factors(trainer.train_set, 1.0, 40, 160)
     assert trainer.sampler.repeat_factors.tolist() == expected.tolist()
     assert 1 < expected.max() and "repeat-factor sampling" in capsys.readouterr().out
+
+
+def test_training_sampler_takes_the_factors_from_the_config(tmp_path):
+    # off by default: plain shuffled epochs; on: the factors of repeat_factors at data.max_size
+    dataset = _dataset()
+    assert training_sampler(load_config(None, ["train.seed=3"]), dataset).repeat_factors is None
+    config = load_config(None, ["train.repeat_threshold=0.5", "train.repeat_long_side=200", "data.max_size=640"])
+    sampler = training_sampler(config, dataset)
+    # the long car (image 7) and the truck (image 8) are each in 1 of 10 images: sqrt(0.5 / 0.1) = sqrt(5)
+    assert sampler.repeat_factors.tolist() == pytest.approx([1] * 7 + [math.sqrt(5)] * 2 + [1])
+    assert len(sampler) == 10 and sampler.shuffle and sampler.seed == 0
