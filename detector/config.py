@@ -160,6 +160,10 @@ class AugmentConfig:
     blur: float = 0.1
     noise: float = 0.1
     crop: float = 0.0  # probability of a random crop
+    # Mosaic (YOLOv4 / Ultralytics): with this probability a training image becomes four images' windows around a
+    # random centre, each at its own scale; boxes cut by a window's edge follow min_visibility and cut_objects, as a
+    # crop's do (detector/data/mosaic_augment.py). It comes before every other step. Off by default.
+    mosaic: float = 0.0
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # crop area fraction
     min_visibility: float = 0.3  # objects less visible than this after crop or affine leave the labels
     # What becomes of them: ignore (an ignore region: neither car nor background) | drop (background)

@@ -31,6 +31,7 @@ from detector.config import Config
 from detector.data.build import build_datasets
 from detector.data.stats import report_datasets
 from detector.data.dataset import DetectionDataset, build_loader
+from detector.data.mosaic_augment import build_mosaic
 from detector.data.repeat import describe as describe_repeats, repeat_factors
 from detector.data.transforms import Transform, build_transform
 from detector.detector import FastRCNN, build_detector
@@ -93,6 +94,15 @@ def training_sampler(config: Config, train_set: Dataset, rank: int = 0, world_si
     factors = (repeat_factors(train_set, train.repeat_threshold, train.repeat_long_side, config.data.max_size)
                if train.repeat_threshold else None)
     return EpochSampler(len(train_set.records), True, train.seed, rank, world_size, factors)
+
+
+def training_dataset(config: Config, train_set: Dataset,
+                     proposals: dict[str, np.ndarray] | None = None) -> DetectionDataset:
+    """The training samples of ``train_set`` with the config's augmentation (mosaic included) and data seed; ours
+    (`Trainer`) and the benchmark's peer (scripts/peer.py) train on it."""
+    transform = build_transform(config.augment, config.data.max_size, train=True)
+    mosaic = build_mosaic(config.augment)
+    return DetectionDataset(train_set, transform, proposals, seed=config.train.seed, mosaic=mosaic)
 
 
 def rng_state() -> dict[str, Any]:
@@ -257,8 +267,7 @@ class Trainer:
         if dist.is_distributed() and config.train.sync_bn:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, config.train)
-        transform = build_transform(config.augment, config.data.max_size, train=True)
-        self.train_data = DetectionDataset(self.train_set, transform, file_proposals(config), seed=config.train.seed)
+        self.train_data = training_dataset(config, self.train_set, file_proposals(config))
         self.sampler = training_sampler(config, self.train_set, dist.rank(), dist.world_size())
         # the loader's own seeded generator leaves the global RNG (proposal sampling) alone, so a resumed
         # run replays it exactly; augmentation is seeded per (epoch, index) by the dataset

@@ -224,20 +224,21 @@ def show_dataset(dataset: Dataset, out: Path, augment: Any | None, max_size: int
         raise DetectorError(f"the number of images to show must be at least 1, got {num}")
     count = min(num, len(dataset.records))
     chosen = np.random.default_rng(seed).choice(len(dataset.records), size=count, replace=False)
-    records = [dataset.records[i] for i in sorted(chosen.tolist())]
+    indices = sorted(chosen.tolist())
     from detector.data.dataset import DetectionDataset
+    from detector.data.mosaic_augment import build_mosaic
     from detector.data.transforms import build_transform
-    from detector.structures import Dataset
 
     transform = build_transform(augment, max_size, train=augment is not None)
-    data = DetectionDataset(Dataset(dataset.class_names, records), transform, seed=seed)
+    # the whole dataset, so a mosaic draws its other images from all of it, as in training
+    data = DetectionDataset(dataset, transform, seed=seed, mosaic=build_mosaic(augment))
     tiles = []
-    for index in range(len(data)):
+    for index in indices:
         sample = data[index]
         # (3, h, w) float in [0, 1] -> (h, w, 3) uint8
         image = (sample.image.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
         targets = sample.targets
         tiles.append(draw_detections(image, targets.boxes, targets.labels, dataset.class_names, ignore=targets.ignore))
     cols = math.ceil(math.sqrt(len(tiles)))
-    captions = [record.image_path.name for record in records]
+    captions = [dataset.records[index].image_path.name for index in indices]
     return save_image(out, image_grid(tiles, cols, min(max_size, MAX_CELL), captions))

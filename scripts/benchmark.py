@@ -24,9 +24,9 @@ same way:
 
 Rows (``--rows``, comma separated, groups or row names): ``ours``, ``peer``, ``ablations`` (all of these groups:
 ``roi_pool``, ``proposals``, ``frozen_bn``, ``augment``, ``weights``, and issue 11's ``labels`` (rotation refit,
-crop-cut objects), ``cascade``, ``sampling`` (repeat-factor sampling of long boxes), ``box_loss``, ``head``,
-``backbone``, ``input_size``, ``tta``, and issue 15's ``weather``: robust training, whose corruption figures
-scripts/robustness.py measures on the row's weights). ``--seeds 0,1`` adds a
+crop-cut objects), ``cascade``, ``sampling`` (repeat-factor sampling of long boxes), ``mosaic`` (four images'
+windows in one), ``box_loss``, ``head``, ``backbone``, ``input_size``, ``tta``, and issue 15's ``weather``: robust
+training, whose corruption figures scripts/robustness.py measures on the row's weights). ``--seeds 0,1`` adds a
 ``ours seed=1`` / ``peer seed=1`` row per extra seed and reports mean and spread. ``--split test`` scores every row
 on the test split instead of validation: run it once, for the final table, after every choice was made on val.
 A ``tta`` row re-scores the weights of the row trained like it (inference-only options), it does not train. A row whose resolved config equals a row
@@ -117,6 +117,7 @@ def _ablation_rows() -> list[Row]:
     rows += [Row("cascade=0.5/0.6/0.7", "ours", "cascade", ("model.cascade_ious=[0.5,0.6,0.7]",))]
     rows += [Row("repeat long>=200 t=0.2", "ours", "sampling", ("train.repeat_threshold=0.2",
                                                                "train.repeat_long_side=200"))]
+    rows += [Row("mosaic=0.5", "ours", "mosaic", ("augment.mosaic=0.5",))]
     rows += [Row(f"box_loss={v}", "ours", "box_loss", (f"model.box_loss={v}",))
              for v in ("smooth_l1", "l1", "giou", "diou", "ciou")]
     rows += [Row("head=c4", "ours", "head", ("model.head=c4",)),

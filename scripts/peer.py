@@ -49,6 +49,7 @@ from detector.engine import (
     EvalOutput,
     seed_everything,
     torch_settings,
+    training_dataset,
     training_sampler,
 )
 from detector.distributed import resolve_device
@@ -313,7 +314,7 @@ def _train_peer(config: Config, budget_min: float, datasets: tuple[Dataset, Data
     device = resolve_device(train.device)
     train_set, _ = datasets or build_datasets(config)
     model = model_to_train(config, device)
-    data = DetectionDataset(train_set, build_transform(config.augment, config.data.max_size, train=True), seed=train.seed)
+    data = training_dataset(config, train_set)  # ours' augmentation, mosaic included, and data seed
     sampler = training_sampler(config, train_set)  # with ours' repeat-factor sampling, when the config asks for it
     if sampler.repeat_factors is not None and progress:
         print(f"peer {describe_repeats(sampler.repeat_factors.numpy())}", flush=True)

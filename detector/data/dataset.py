@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from detector.data.images import load_image
+from detector.data.mosaic_augment import MosaicAugment, RawSample
 from detector.data.transforms import Transform
 from detector.data.proposals_file import proposals_for_record
 from detector.structures import Dataset, DetectorError, ImageRecord, Targets
@@ -69,11 +70,13 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     ``proposals`` maps an image file's basename (or its image id, as a string) to (P, 4) float32 xyxy boxes
     in original image pixels, as `detector.data.proposals_file.read_proposals_file` returns them; they are transformed
-    with the image. ``seed`` and `set_epoch` make each sample's augmentation reproducible.
+    with the image. ``seed`` and `set_epoch` make each sample's augmentation reproducible. ``mosaic`` (training
+    only) first turns a sample into a mosaic of it and three others (`detector.data.mosaic_augment`).
     """
 
     def __init__(
-        self, dataset: Dataset, transform: Transform, proposals: dict[str, np.ndarray] | None = None, seed: int = 0
+        self, dataset: Dataset, transform: Transform, proposals: dict[str, np.ndarray] | None = None, seed: int = 0,
+        mosaic: MosaicAugment | None = None,
     ) -> None:
         if seed < 0:
             raise DetectorError(f"the data seed must be a non-negative integer, got {seed}")
@@ -83,6 +86,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.proposals = proposals
         self.seed = seed
+        self.mosaic = mosaic
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -94,13 +98,14 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
-        image = load_image(record.image_path)
-        _check_size(record, image)
-        proposals = None
-        if self.proposals is not None:
-            proposals = proposals_for_record(self.proposals, record, "the proposals file")
-        self.transform.set_seed(sample_seed(self.seed, self.epoch, index))
-        out = self.transform(image, record.boxes, record.labels, record.ignore, proposals)
+        seed = sample_seed(self.seed, self.epoch, index)
+        raw = self._load(index)
+        if self.mosaic is not None:
+            # its own stream: the transform's generator starts from `seed` itself
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+            raw = self.mosaic(raw, self._load, len(self.records), rng)
+        self.transform.set_seed(seed)
+        out = self.transform(raw.image, raw.boxes, raw.labels, raw.ignore, raw.proposals)
         height, width = out.image.shape[:2]
         tensor = image_to_tensor(out.image)
         targets = Targets(
@@ -111,6 +116,16 @@ class DetectionDataset(torch.utils.data.Dataset):
         )
         moved = None if out.proposals is None else torch.from_numpy(out.proposals)
         return Sample(tensor, targets, int(record.image_id), (record.height, record.width), moved)
+
+    def _load(self, index: int) -> RawSample:
+        """Record ``index``'s image and annotations, untransformed."""
+        record = self.records[index]
+        image = load_image(record.image_path)
+        _check_size(record, image)
+        proposals = None
+        if self.proposals is not None:
+            proposals = proposals_for_record(self.proposals, record, "the proposals file")
+        return RawSample(image, record.boxes, record.labels, record.ignore, proposals)
 
 
 def _check_size(record: ImageRecord, image: np.ndarray) -> None:

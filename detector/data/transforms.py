@@ -144,7 +144,8 @@ def _check_scalar(augment: Any, name: str, low: float, high: float) -> float:
     return value
 
 
-_PROBABILITIES = ("hflip", "rotate90", "affine", "brightness_contrast", "hue_saturation", "blur", "noise", "crop")
+_PROBABILITIES = ("hflip", "rotate90", "affine", "brightness_contrast", "hue_saturation", "blur", "noise", "crop",
+                  "mosaic")
 
 
 def _validate(augment: Any) -> None:
