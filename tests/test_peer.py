@@ -12,7 +12,7 @@ from conftest import SCRIPTS, script_module, tiny_run_overrides
 from detector.config import apply_overrides, load_config
 from detector.data.build import build_datasets
 from detector.data.repeat import repeat_factors
-from detector.engine import training_sampler
+from detector.engine import training_dataset, training_sampler
 from detector.structures import Detections, DetectorError
 
 
@@ -105,9 +105,10 @@ def test_step_time_leaves_out_epoch_starts_and_warmup(benchmark):
 def test_row_selection_and_ratio_table(benchmark):
     names = [row.name for row in benchmark.select_rows("ours,peer,weights")]
     assert names == ["ours", "peer", "weights=imagenet", "weights=none"]
-    # 6 ROI pooling + 2 proposals + 2 + 2 + 2, issue 11: 8 labels + 1 cascade + 1 sampling + 5 box losses + 2 heads
-    # + 2 backbones + 3 input sizes + 1 tta, issue 15: 2
-    assert len(benchmark.select_rows("ablations")) == 39
+    # 6 ROI pooling + 2 proposals + 2 + 2 + 2, issue 11: 8 labels + 1 cascade + 1 sampling + 1 mosaic + 5 box losses
+    # + 2 heads + 2 backbones + 3 input sizes + 1 tta, issue 15: 2
+    assert len(benchmark.select_rows("ablations")) == 40
+    assert [r.overrides for r in benchmark.select_rows("mosaic")] == [("augment.mosaic=0.5",)]
     assert [r.overrides for r in benchmark.select_rows("weather")] == [
         ("augment.weather=0.5",), ("augment.weather=0.25", "augment.weather_max_severity=3")]
     assert [r.name for r in benchmark.select_rows("labels")] == [
@@ -257,20 +258,27 @@ def test_train_step_benchmark_times_both_models_in_both_layouts(peer, tmp_path, 
             bench.main(["--config", str(CONFIGS / "demo.yaml"), "--json", str(out)])
 
 
-def test_the_peer_samples_with_the_configs_repeat_factors(peer, tmp_path, monkeypatch, capsys):
+def test_the_peer_samples_with_the_configs_repeat_factors_and_mosaic(peer, tmp_path, monkeypatch, capsys):
     """"Trained the same way" includes the batches: with train.repeat_threshold the peer draws from the same
-    repeat-factor sampler as ours (tests/data/test_repeat.py pins the factors), one tiny epoch here."""
+    repeat-factor sampler as ours (tests/data/test_repeat.py pins the factors), and with augment.mosaic its samples
+    are ours' mosaics (`training_dataset`), one tiny epoch here."""
     config = load_config(None, tiny_run_overrides(tmp_path, **{"train.repeat_threshold": 1.0,
-                                                               "train.repeat_long_side": 40}))
-    samplers = []
+                                                               "train.repeat_long_side": 40, "augment.mosaic": 1.0}))
+    samplers, datas = [], []
 
     def recording_sampler(*args):
         samplers.append(training_sampler(*args))
         return samplers[-1]
 
+    def recording_dataset(*args):
+        datas.append(training_dataset(*args))
+        return datas[-1]
+
     monkeypatch.setattr(peer, "training_sampler", recording_sampler)
+    monkeypatch.setattr(peer, "training_dataset", recording_dataset)
     datasets = build_datasets(config)
     run = peer.train_peer(config, 0, datasets)
     expected = repeat_factors(datasets[0], 1.0, 40, 160)
     assert len(samplers) == 1 and samplers[0].repeat_factors.tolist() == expected.tolist() and expected.max() > 1
+    assert len(datas) == 1 and datas[0].mosaic is not None and datas[0].mosaic.p == 1.0
     assert "peer repeat-factor sampling" in capsys.readouterr().out and len(run.iteration_seconds) == 1

@@ -144,14 +144,15 @@ def _check_scalar(augment: Any, name: str, low: float, high: float) -> float:
     return value
 
 
-_PROBABILITIES = ("hflip", "rotate90", "affine", "brightness_contrast", "hue_saturation", "blur", "noise", "crop",
-                  "mosaic")
+_PROBABILITIES = ("hflip", "rotate90", "affine", "brightness_contrast", "hue_saturation", "blur", "noise", "crop")
 
 
 def _validate(augment: Any) -> None:
     """Check every key up front, also those of steps switched off (their values are still wrong)."""
     for name in _PROBABILITIES:
         _probability(augment, name)
+    if hasattr(augment, "mosaic"):  # applied by the dataset (detector/data/mosaic_augment.py), checked here with the rest
+        _probability(augment, "mosaic")
     _range(augment, "scale", 1e-3, 100.0)
     _range(augment, "crop_scale", 1e-3, 1.0)
     _check_scalar(augment, "translate", 0.0, 1.0)
