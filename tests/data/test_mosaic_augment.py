@@ -70,6 +70,19 @@ def test_a_scripted_mosaic_by_hand():
     assert out.proposals is None
 
 
+def test_proposals_are_clipped_to_their_windows_and_kept():
+    # a proposals file's boxes travel like ignore regions: clipped to the window, kept while any part stays
+    sample = RawSample(SAMPLE.image, SAMPLE.boxes, SAMPLE.labels, SAMPLE.ignore,
+                       np.array([[0, 0, 100, 80]], np.float32))
+    partner = RawSample(PARTNER.image, PARTNER.boxes, PARTNER.labels, PARTNER.ignore,
+                        np.array([[40, 0, 60, 20]], np.float32))
+    rng = ScriptedRng([0.5, 0.5], [np.array([1, 1, 1]), 0, 0, 50, 0, 0, 40, 0, 0])
+    out = MosaicAugment(1.0, 0.3)(sample, lambda i: partner, 2, rng)
+    # TL: the whole-image proposal cut to (0, 0, 50, 40); TR: (50, 0, 60, 20); BL: none; BR: moved by (+50, +40)
+    expected = [(0, 0, 50, 40), (50, 0, 60, 20), (90, 40, 100, 60)]
+    assert sorted(map(tuple, out.proposals.astype(int).tolist())) == expected
+
+
 def test_cut_objects_become_background_when_asked():
     out = _mosaic(cut_ignored=False)
     assert out.ignore.astype(int).tolist() == [[0, 60, 10, 70]]
