@@ -92,15 +92,10 @@ class MosaicAugment:
         quadrants = [(0, 0, cx, cy), (cx, 0, width, cy), (0, cy, cx, height), (cx, cy, width, height)]
         pieces = [sample] + [load(int(i)) for i in rng.integers(0, count, size=3)]
         image = np.empty_like(sample.image)
-        boxes, labels, ignore, proposals = [], [], [], []
-        for piece, quadrant in zip(pieces, quadrants):
-            parts = self._paste(piece, quadrant, max(height, width), image, rng)
-            boxes.append(parts[0])
-            labels.append(parts[1])
-            ignore.append(parts[2])
-            proposals.append(parts[3])
-        return RawSample(image, np.concatenate(boxes), np.concatenate(labels), np.concatenate(ignore),
-                         None if sample.proposals is None else np.concatenate(proposals))
+        parts = [self._paste(piece, quadrant, max(height, width), image, rng)
+                 for piece, quadrant in zip(pieces, quadrants)]
+        boxes, labels, ignore, proposals = (np.concatenate(column) for column in zip(*parts))
+        return RawSample(image, boxes, labels, ignore, None if sample.proposals is None else proposals)
 
     def _paste(self, piece: RawSample, quadrant: tuple[int, int, int, int], long_side: int, canvas: np.ndarray,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
